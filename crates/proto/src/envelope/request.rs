@@ -1,0 +1,389 @@
+//! Sealing and opening the request envelope (client → enclave).
+//!
+//! Layout (all integers big-endian; see `docs/envelope.md`):
+//!
+//! ```text
+//! header core   magic "ARCE" | version 1 | kind 0x01 | suite u16
+//!               | workload_id u64 | client key id (len 29 + ASCII)
+//!               | recipient count u8 | recipient ek_ ids (len 29 + ASCII each)
+//! wraps         count × (enc [32] | wrapped content key [32 + 16 tag])
+//! body length   u32
+//! body          ChaCha20-Poly1305(content key, nonce 0, aad = header, body plaintext)
+//! ```
+//!
+//! The body plaintext is `workload_id u64 | request_id [16] | issued_at u64 |
+//! response key [32] | input length u32 | input`.
+
+use std::fmt;
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::ChaCha20Poly1305;
+use hpke::rand_core::CryptoRng;
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use zeroize::Zeroizing;
+
+use super::codec::{put_key_id, put_preamble, Reader};
+use super::{
+    Aead, EnvelopeError, Kdf, Kem, RequestId, INFO_WRAP, KIND_REQUEST, MAX_ENVELOPE_LEN,
+    MAX_INPUT_LEN, MAX_RECIPIENTS, TAG_LEN,
+};
+use crate::ids::{KeyId, KeyPrefix};
+use crate::keys::{PublicKey, SecretKey};
+
+const ENC_LEN: usize = 32;
+const WRAPPED_LEN: usize = 32 + TAG_LEN;
+const BODY_FIXED_LEN: usize = 8 + 16 + 8 + 32 + 4;
+
+/// The plaintext of a request: what only the client and the enclave see.
+/// Zeroized on drop; its `Debug` shows sizes, never the input.
+pub struct RequestBody {
+    /// The workload the client meant; must equal the header's and the job's.
+    pub workload_id: u64,
+    /// Random per request; the enclave refuses one it has seen.
+    pub request_id: RequestId,
+    /// Unix seconds when sealed; the enclave refuses stale ones.
+    pub issued_at: u64,
+    /// The client's X25519 key the response is sealed to.
+    pub response_key: PublicKey,
+    input: Zeroizing<Vec<u8>>,
+}
+
+impl RequestBody {
+    /// A body with a fresh random request id and `issued_at` = now.
+    pub fn new(workload_id: u64, input: Vec<u8>, response_key: PublicKey) -> RequestBody {
+        let mut request_id = [0u8; 16];
+        hpke::rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut request_id);
+        let issued_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        RequestBody::with_parts(workload_id, request_id, issued_at, response_key, input)
+    }
+
+    /// A body with every field given (tests, vectors).
+    pub fn with_parts(
+        workload_id: u64,
+        request_id: RequestId,
+        issued_at: u64,
+        response_key: PublicKey,
+        input: Vec<u8>,
+    ) -> RequestBody {
+        RequestBody {
+            workload_id,
+            request_id,
+            issued_at,
+            response_key,
+            input: Zeroizing::new(input),
+        }
+    }
+
+    /// The job input (plaintext).
+    pub fn input(&self) -> &[u8] {
+        &self.input
+    }
+
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(BODY_FIXED_LEN + self.input.len()));
+        out.extend_from_slice(&self.workload_id.to_be_bytes());
+        out.extend_from_slice(&self.request_id);
+        out.extend_from_slice(&self.issued_at.to_be_bytes());
+        out.extend_from_slice(&self.response_key.0);
+        out.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.input);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RequestBody, EnvelopeError> {
+        let malformed = |_| EnvelopeError::MalformedBody("shorter than its fields");
+        let mut r = Reader::new(bytes);
+        let workload_id = r.u64("body workload id").map_err(malformed)?;
+        let request_id = r.array("body request id").map_err(malformed)?;
+        let issued_at = r.u64("body issued at").map_err(malformed)?;
+        let response_key = PublicKey(r.array("body response key").map_err(malformed)?);
+        let len = r.u32("body input length").map_err(malformed)? as usize;
+        let input = r.take(len, "body input").map_err(malformed)?;
+        if r.remaining() != 0 {
+            return Err(EnvelopeError::MalformedBody(
+                "trailing bytes after the input",
+            ));
+        }
+        Ok(RequestBody::with_parts(
+            workload_id,
+            request_id,
+            issued_at,
+            response_key,
+            input.to_vec(),
+        ))
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("workload_id", &self.workload_id)
+            .field("request_id", &hex16(&self.request_id))
+            .field("issued_at", &self.issued_at)
+            .field("response_key", &self.response_key)
+            .field(
+                "input",
+                &format_args!("<{} bytes redacted>", self.input.len()),
+            )
+            .finish()
+    }
+}
+
+pub(crate) fn hex16(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What anyone (the coordinator included) can read from a request envelope
+/// without a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderView {
+    pub workload_id: u64,
+    pub client_key_id: KeyId,
+    pub recipients: Vec<KeyId>,
+    /// Length of the encrypted body, tag included.
+    pub body_len: usize,
+}
+
+struct Parsed<'a> {
+    view: HeaderView,
+    core: &'a [u8],
+    header: &'a [u8],
+    wraps: Vec<(&'a [u8], &'a [u8])>,
+    body: &'a [u8],
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed<'_>, EnvelopeError> {
+    if bytes.len() > MAX_ENVELOPE_LEN {
+        return Err(EnvelopeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_ENVELOPE_LEN,
+        });
+    }
+    let mut r = Reader::new(bytes);
+    r.preamble(KIND_REQUEST, "request")?;
+    let workload_id = r.u64("workload id")?;
+    let client_key_id = r.key_id("client key id", KeyPrefix::Client)?;
+    let count = r.u8("recipient count")? as usize;
+    if count == 0 {
+        return Err(EnvelopeError::NoRecipients);
+    }
+    if count > MAX_RECIPIENTS {
+        return Err(EnvelopeError::TooManyRecipients {
+            count,
+            max: MAX_RECIPIENTS,
+        });
+    }
+    let mut recipients: Vec<KeyId> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = r.key_id("recipient key id", KeyPrefix::Enclave)?;
+        if recipients.contains(&id) {
+            return Err(EnvelopeError::DuplicateRecipient(id.to_string()));
+        }
+        recipients.push(id);
+    }
+    let core_end = r.pos();
+    let mut wraps = Vec::with_capacity(count);
+    for _ in 0..count {
+        let enc = r.take(ENC_LEN, "recipient enc")?;
+        let wrapped = r.take(WRAPPED_LEN, "wrapped content key")?;
+        wraps.push((enc, wrapped));
+    }
+    let body_len = r.u32("body length")? as usize;
+    if body_len < TAG_LEN {
+        return Err(EnvelopeError::MalformedBody("body shorter than its tag"));
+    }
+    let header_end = r.pos();
+    let body = r.take(body_len, "body")?;
+    r.finish()?;
+    Ok(Parsed {
+        view: HeaderView {
+            workload_id,
+            client_key_id,
+            recipients,
+            body_len,
+        },
+        core: &bytes[..core_end],
+        header: &bytes[..header_end],
+        wraps,
+        body,
+    })
+}
+
+/// Reads the public header of a request envelope (no key needed): what the
+/// coordinator uses to route a job to one of its recipients.
+pub fn peek_header(bytes: &[u8]) -> Result<HeaderView, EnvelopeError> {
+    parse(bytes).map(|p| p.view)
+}
+
+/// Seals `body` to `recipients` (enclave public keys) with the OS CSPRNG.
+pub fn seal_request(
+    body: &RequestBody,
+    recipients: &[PublicKey],
+) -> Result<Vec<u8>, EnvelopeError> {
+    seal_request_with_rng(body, recipients, &mut super::os_rng())
+}
+
+/// Seals with the given RNG. Randomness is drawn in this order: the 32-byte
+/// content key, then for each recipient in order the 32-byte HPKE `ikmE`.
+pub fn seal_request_with_rng(
+    body: &RequestBody,
+    recipients: &[PublicKey],
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<u8>, EnvelopeError> {
+    if recipients.is_empty() {
+        return Err(EnvelopeError::NoRecipients);
+    }
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(EnvelopeError::TooManyRecipients {
+            count: recipients.len(),
+            max: MAX_RECIPIENTS,
+        });
+    }
+    if body.input.len() > MAX_INPUT_LEN {
+        return Err(EnvelopeError::InputTooLarge {
+            len: body.input.len(),
+            max: MAX_INPUT_LEN,
+        });
+    }
+    let ids: Vec<KeyId> = recipients.iter().map(|pk| KeyId::enclave(&pk.0)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        if ids[..i].contains(id) {
+            return Err(EnvelopeError::DuplicateRecipient(id.to_string()));
+        }
+    }
+
+    let mut content_key = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(content_key.as_mut());
+
+    let plaintext = body.encode();
+    let body_len = plaintext.len() + TAG_LEN;
+    let mut out =
+        Vec::with_capacity(80 + recipients.len() * (30 + ENC_LEN + WRAPPED_LEN) + body_len);
+    put_preamble(&mut out, KIND_REQUEST);
+    out.extend_from_slice(&body.workload_id.to_be_bytes());
+    put_key_id(&mut out, &KeyId::client(&body.response_key.0));
+    out.push(recipients.len() as u8);
+    for id in &ids {
+        put_key_id(&mut out, id);
+    }
+    let core_end = out.len();
+    for pk in recipients {
+        let pk = pk.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let (enc, wrapped) = hpke::single_shot_seal_with_rng::<Aead, Kdf, Kem>(
+            &OpModeS::Base,
+            &pk,
+            INFO_WRAP,
+            content_key.as_ref(),
+            &out[..core_end],
+            rng,
+        )
+        .map_err(|_| EnvelopeError::SealFailed)?;
+        out.extend_from_slice(&enc.to_bytes());
+        out.extend_from_slice(&wrapped);
+    }
+    out.extend_from_slice(&(body_len as u32).to_be_bytes());
+    let header_end = out.len();
+    out.extend_from_slice(&plaintext);
+    let key: &[u8; 32] = &content_key;
+    let cipher = ChaCha20Poly1305::new(key.into());
+    let (header, body_buf) = out.split_at_mut(header_end);
+    let tag = cipher
+        .encrypt_inout_detached(&Default::default(), header, body_buf.into())
+        .map_err(|_| EnvelopeError::SealFailed)?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// What the relying party expects of an envelope before spending any
+/// public-key work on it (from the job it was handed).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Expectations<'a> {
+    pub workload_id: Option<u64>,
+    pub client_key_id: Option<&'a KeyId>,
+}
+
+/// An opened request: the public header and the plaintext body.
+#[derive(Debug)]
+pub struct OpenedRequest {
+    pub header: HeaderView,
+    pub body: RequestBody,
+}
+
+/// Opens a request envelope with one enclave key.
+pub fn open_request(
+    bytes: &[u8],
+    key: &SecretKey,
+    expect: &Expectations<'_>,
+) -> Result<OpenedRequest, EnvelopeError> {
+    let p = parse(bytes)?;
+    if let Some(job) = expect.workload_id {
+        if job != p.view.workload_id {
+            return Err(EnvelopeError::WorkloadMismatch {
+                job,
+                envelope: p.view.workload_id,
+            });
+        }
+    }
+    if let Some(job) = expect.client_key_id {
+        if *job != p.view.client_key_id {
+            return Err(EnvelopeError::ClientKeyMismatch {
+                job: job.to_string(),
+                envelope: p.view.client_key_id.to_string(),
+            });
+        }
+    }
+    let own = key.enclave_id();
+    let idx = p
+        .view
+        .recipients
+        .iter()
+        .position(|id| *id == own)
+        .ok_or_else(|| EnvelopeError::NotARecipient(own.to_string()))?;
+    let (enc, wrapped) = p.wraps[idx];
+    let (sk, _) = key.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+        .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+    let content_key = Zeroizing::new(
+        hpke::single_shot_open::<Aead, Kdf, Kem>(
+            &OpModeR::Base,
+            &sk,
+            &enc,
+            INFO_WRAP,
+            wrapped,
+            p.core,
+        )
+        .map_err(|_| EnvelopeError::HeaderAuthFailed)?,
+    );
+    let content_key: &[u8; 32] = content_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+    let cipher = ChaCha20Poly1305::new(content_key.into());
+    let (ct, tag) = p.body.split_at(p.body.len() - TAG_LEN);
+    let mut plain = Zeroizing::new(ct.to_vec());
+    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| EnvelopeError::BodyAuthFailed)?;
+    cipher
+        .decrypt_inout_detached(
+            &Default::default(),
+            p.header,
+            plain.as_mut_slice().into(),
+            tag.into(),
+        )
+        .map_err(|_| EnvelopeError::BodyAuthFailed)?;
+    let body = RequestBody::decode(&plain)?;
+    if body.workload_id != p.view.workload_id {
+        return Err(EnvelopeError::MalformedBody(
+            "workload id inside the body differs from the header",
+        ));
+    }
+    if KeyId::client(&body.response_key.0) != p.view.client_key_id {
+        return Err(EnvelopeError::ResponseKeyMismatch);
+    }
+    Ok(OpenedRequest {
+        header: p.view,
+        body,
+    })
+}

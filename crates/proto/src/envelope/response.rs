@@ -1,0 +1,434 @@
+//! Sealing and opening responses (enclave → client), streamed or whole.
+//!
+//! A response is a header followed by one or more chunks:
+//!
+//! ```text
+//! header  magic | version | kind 0x02 | suite | request_id [16]
+//!         | enclave key id (len 29 + ASCII) | client key id (len 29 + ASCII) | enc [32]
+//! chunk   magic | version | kind 0x03 | suite | request_id [16] | seq u32 | flags u8
+//!         | length u32 | HPKE ciphertext (length bytes, tag included)
+//! ```
+//!
+//! The HPKE context is set up in auth mode (the enclave's static key
+//! authenticates the sender) with `info = "archipelago-envelope-v1/response"
+//! ‖ header without enc`, and each chunk is one AEAD message whose associated
+//! data is its own 33-byte chunk header. HPKE numbers AEAD messages, so a
+//! chunk opens only at its own position in its own response; the explicit
+//! `seq` and `request_id` fields let the opener say *what* went wrong.
+
+use std::fmt;
+
+use hpke::rand_core::CryptoRng;
+use hpke::{aead::AeadCtxR, aead::AeadCtxS, Deserializable, OpModeR, OpModeS, Serializable};
+use zeroize::Zeroizing;
+
+use super::codec::{put_key_id, put_preamble, Reader};
+use super::{
+    Aead, EnvelopeError, Kdf, Kem, RequestId, INFO_RESPONSE, KIND_RESPONSE_CHUNK,
+    KIND_RESPONSE_HEADER, MAX_CHUNK_LEN, MAX_ENVELOPE_LEN, TAG_LEN,
+};
+use crate::ids::{KeyId, KeyPrefix};
+use crate::keys::{PublicKey, SecretKey};
+
+const FLAG_FINAL: u8 = 0x01;
+const FLAG_ERROR: u8 = 0x02;
+/// Length of the response header in bytes.
+pub const RESPONSE_HEADER_LEN: usize = 8 + 16 + 30 + 30 + 32;
+const CHUNK_HEADER_LEN: usize = 8 + 16 + 4 + 1 + 4;
+
+/// What a chunk carries: output data, or an error report for the client
+/// (sealed like data, so it may describe the input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkKind {
+    Data,
+    Error,
+}
+
+/// An opened chunk. Zeroized on drop; `Debug` shows only its size.
+pub struct Chunk {
+    pub seq: u32,
+    pub kind: ChunkKind,
+    pub last: bool,
+    data: Zeroizing<Vec<u8>>,
+}
+
+impl Chunk {
+    /// The plaintext.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+    /// Takes the plaintext out.
+    pub fn into_data(self) -> Zeroizing<Vec<u8>> {
+        self.data
+    }
+}
+
+impl fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chunk")
+            .field("seq", &self.seq)
+            .field("kind", &self.kind)
+            .field("last", &self.last)
+            .field(
+                "data",
+                &format_args!("<{} bytes redacted>", self.data.len()),
+            )
+            .finish()
+    }
+}
+
+/// The public fields of a response header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHeaderView {
+    pub request_id: RequestId,
+    pub enclave_key_id: KeyId,
+    pub client_key_id: KeyId,
+}
+
+/// A parsed response header: its public view, the bytes HPKE's `info`
+/// covers (everything before `enc`), and `enc` itself.
+struct HeaderParts<'a> {
+    view: ResponseHeaderView,
+    info_part: &'a [u8],
+    enc: &'a [u8],
+}
+
+fn header_parts(bytes: &[u8]) -> Result<HeaderParts<'_>, EnvelopeError> {
+    let mut r = Reader::new(bytes);
+    r.preamble(KIND_RESPONSE_HEADER, "response header")?;
+    let request_id = r.array("request id")?;
+    let enclave_key_id = r.key_id("enclave key id", KeyPrefix::Enclave)?;
+    let client_key_id = r.key_id("client key id", KeyPrefix::Client)?;
+    let info_end = r.pos();
+    let enc = r.take(32, "response enc")?;
+    Ok(HeaderParts {
+        view: ResponseHeaderView {
+            request_id,
+            enclave_key_id,
+            client_key_id,
+        },
+        info_part: &bytes[..info_end],
+        enc,
+    })
+}
+
+/// Reads the public header at the start of a response (whole or streamed):
+/// the client uses it to find the enclave key that must have written it.
+pub fn peek_response_header(bytes: &[u8]) -> Result<ResponseHeaderView, EnvelopeError> {
+    header_parts(bytes).map(|p| p.view)
+}
+
+fn response_info(info_part: &[u8]) -> Vec<u8> {
+    let mut info = Vec::with_capacity(INFO_RESPONSE.len() + info_part.len());
+    info.extend_from_slice(INFO_RESPONSE);
+    info.extend_from_slice(info_part);
+    info
+}
+
+/// Seals a response, chunk by chunk, inside the enclave.
+pub struct ResponseSealer {
+    ctx: AeadCtxS<Aead, Kdf, Kem>,
+    request_id: RequestId,
+    next_seq: u32,
+    finished: bool,
+}
+
+impl fmt::Debug for ResponseSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseSealer")
+            .field("next_seq", &self.next_seq)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseSealer {
+    /// Starts a response to `request_id` from `enclave` to `client`; returns
+    /// the sealer and the header bytes to send first.
+    pub fn new(
+        enclave: &SecretKey,
+        client: &PublicKey,
+        request_id: RequestId,
+    ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
+        Self::new_with_rng(enclave, client, request_id, &mut super::os_rng())
+    }
+
+    /// As [`ResponseSealer::new`]; draws the 32-byte HPKE `ikmE` from `rng`.
+    pub fn new_with_rng(
+        enclave: &SecretKey,
+        client: &PublicKey,
+        request_id: RequestId,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
+        let mut header = Vec::with_capacity(RESPONSE_HEADER_LEN);
+        put_preamble(&mut header, KIND_RESPONSE_HEADER);
+        header.extend_from_slice(&request_id);
+        put_key_id(&mut header, &enclave.enclave_id());
+        put_key_id(&mut header, &KeyId::client(&client.0));
+        let info = response_info(&header);
+        let sender = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let client_pk = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let (enc, ctx) = hpke::setup_sender_with_rng::<Aead, Kdf, Kem>(
+            &OpModeS::Auth(sender),
+            &client_pk,
+            &info,
+            rng,
+        )
+        .map_err(|_| EnvelopeError::SealFailed)?;
+        header.extend_from_slice(&enc.to_bytes());
+        Ok((
+            ResponseSealer {
+                ctx,
+                request_id,
+                next_seq: 0,
+                finished: false,
+            },
+            header,
+        ))
+    }
+
+    /// Seals the next chunk. `last` marks the end of the response.
+    pub fn seal_chunk(
+        &mut self,
+        data: &[u8],
+        kind: ChunkKind,
+        last: bool,
+    ) -> Result<Vec<u8>, EnvelopeError> {
+        if self.finished {
+            return Err(EnvelopeError::ChunkAfterFinal);
+        }
+        if data.len() > MAX_CHUNK_LEN {
+            return Err(EnvelopeError::ChunkTooLarge {
+                len: data.len(),
+                max: MAX_CHUNK_LEN,
+            });
+        }
+        let flags = if last { FLAG_FINAL } else { 0 }
+            | if kind == ChunkKind::Error {
+                FLAG_ERROR
+            } else {
+                0
+            };
+        let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + data.len() + TAG_LEN);
+        put_preamble(&mut out, KIND_RESPONSE_CHUNK);
+        out.extend_from_slice(&self.request_id);
+        out.extend_from_slice(&self.next_seq.to_be_bytes());
+        out.push(flags);
+        out.extend_from_slice(&((data.len() + TAG_LEN) as u32).to_be_bytes());
+        let ct = self
+            .ctx
+            .seal(data, &out)
+            .map_err(|_| EnvelopeError::SealFailed)?;
+        out.extend_from_slice(&ct);
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.finished = last;
+        Ok(out)
+    }
+}
+
+/// Opens a response chunk by chunk on the client.
+pub struct ResponseOpener {
+    ctx: AeadCtxR<Aead, Kdf, Kem>,
+    request_id: RequestId,
+    next_seq: u32,
+    finished: bool,
+    failed: bool,
+}
+
+impl fmt::Debug for ResponseOpener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseOpener")
+            .field("next_seq", &self.next_seq)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseOpener {
+    /// Checks the header (right request, written by `enclave`, addressed to
+    /// `client`) and sets up the HPKE context. `header` may be followed by
+    /// chunk bytes; only the header is read.
+    pub fn new(
+        header: &[u8],
+        client: &SecretKey,
+        enclave: &PublicKey,
+        request_id: &RequestId,
+    ) -> Result<ResponseOpener, EnvelopeError> {
+        let HeaderParts {
+            view,
+            info_part,
+            enc,
+        } = header_parts(header)?;
+        let expected_enclave = KeyId::enclave(&enclave.0);
+        if view.enclave_key_id != expected_enclave {
+            return Err(EnvelopeError::EnclaveKeyMismatch {
+                expected: expected_enclave.to_string(),
+                found: view.enclave_key_id.to_string(),
+            });
+        }
+        if view.client_key_id != client.client_id() {
+            return Err(EnvelopeError::ResponseRecipientMismatch {
+                expected: client.client_id().to_string(),
+                found: view.client_key_id.to_string(),
+            });
+        }
+        if view.request_id != *request_id {
+            return Err(EnvelopeError::RequestIdMismatch);
+        }
+        let (sk, _) = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let sender = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+            .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+        let ctx = hpke::setup_receiver::<Aead, Kdf, Kem>(
+            &OpModeR::Auth(sender),
+            &sk,
+            &enc,
+            &response_info(info_part),
+        )
+        .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+        Ok(ResponseOpener {
+            ctx,
+            request_id: *request_id,
+            next_seq: 0,
+            finished: false,
+            failed: false,
+        })
+    }
+
+    /// Opens the next chunk; refuses reordered, duplicated, foreign, altered
+    /// chunks and anything after the final one.
+    pub fn open_chunk(&mut self, bytes: &[u8]) -> Result<Chunk, EnvelopeError> {
+        let mut r = Reader::new(bytes);
+        let chunk = self.open_next(&mut r)?;
+        r.finish()?;
+        Ok(chunk)
+    }
+
+    fn open_next(&mut self, r: &mut Reader<'_>) -> Result<Chunk, EnvelopeError> {
+        let start = r.pos();
+        r.preamble(KIND_RESPONSE_CHUNK, "response chunk")?;
+        let request_id: RequestId = r.array("chunk request id")?;
+        let seq = r.u32("chunk sequence number")?;
+        let flags = r.u8("chunk flags")?;
+        let len = r.u32("chunk length")? as usize;
+        let aad_end = r.pos();
+        if len > MAX_CHUNK_LEN + TAG_LEN {
+            return Err(EnvelopeError::ChunkTooLarge {
+                len,
+                max: MAX_CHUNK_LEN + TAG_LEN,
+            });
+        }
+        let ct = r.take(len, "chunk ciphertext")?;
+        let aad = r.slice(start, aad_end);
+        if request_id != self.request_id {
+            return Err(EnvelopeError::ForeignChunk);
+        }
+        if self.finished {
+            return Err(EnvelopeError::ChunkAfterFinal);
+        }
+        if self.failed {
+            return Err(EnvelopeError::ChunkAuthFailed(seq));
+        }
+        if seq < self.next_seq {
+            return Err(EnvelopeError::DuplicateChunk(seq));
+        }
+        if seq > self.next_seq {
+            return Err(EnvelopeError::ChunkOutOfOrder {
+                expected: self.next_seq,
+                found: seq,
+            });
+        }
+        if flags & !(FLAG_FINAL | FLAG_ERROR) != 0 {
+            return Err(EnvelopeError::BadChunkFlags(flags));
+        }
+        let data = self.ctx.open(ct, aad).map_err(|_| {
+            self.failed = true;
+            EnvelopeError::ChunkAuthFailed(seq)
+        })?;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let last = flags & FLAG_FINAL != 0;
+        self.finished = last;
+        Ok(Chunk {
+            seq,
+            kind: if flags & FLAG_ERROR != 0 {
+                ChunkKind::Error
+            } else {
+                ChunkKind::Data
+            },
+            last,
+            data: Zeroizing::new(data),
+        })
+    }
+
+    /// Whether the final chunk has been opened.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Confirms the stream ended with its final chunk.
+    pub fn finish(&self) -> Result<(), EnvelopeError> {
+        if self.finished {
+            Ok(())
+        } else {
+            Err(EnvelopeError::TruncatedStream)
+        }
+    }
+}
+
+/// Seals a whole response (header followed by its chunks) in one buffer,
+/// splitting outputs larger than [`MAX_CHUNK_LEN`] across chunks.
+pub fn seal_response(
+    enclave: &SecretKey,
+    client: &PublicKey,
+    request_id: RequestId,
+    kind: ChunkKind,
+    output: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
+    if output.len() > MAX_ENVELOPE_LEN / 2 {
+        return Err(EnvelopeError::TooLarge {
+            len: output.len(),
+            max: MAX_ENVELOPE_LEN / 2,
+        });
+    }
+    let (mut sealer, mut out) = ResponseSealer::new(enclave, client, request_id)?;
+    let mut pieces = output.chunks(MAX_CHUNK_LEN).peekable();
+    if pieces.peek().is_none() {
+        out.extend(sealer.seal_chunk(&[], kind, true)?);
+    }
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        out.extend(sealer.seal_chunk(piece, kind, last)?);
+    }
+    Ok(out)
+}
+
+/// Opens a whole response: checks every chunk and that the final one is
+/// there; returns the kind (error if any chunk is an error report) and the
+/// concatenated plaintext.
+pub fn open_response(
+    bytes: &[u8],
+    client: &SecretKey,
+    enclave: &PublicKey,
+    request_id: &RequestId,
+) -> Result<(ChunkKind, Zeroizing<Vec<u8>>), EnvelopeError> {
+    if bytes.len() > MAX_ENVELOPE_LEN {
+        return Err(EnvelopeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_ENVELOPE_LEN,
+        });
+    }
+    let mut opener = ResponseOpener::new(bytes, client, enclave, request_id)?;
+    let mut r = Reader::new(bytes);
+    r.take(RESPONSE_HEADER_LEN, "response header")?;
+    let mut kind = ChunkKind::Data;
+    let mut out = Zeroizing::new(Vec::new());
+    while r.remaining() > 0 {
+        let chunk = opener.open_next(&mut r)?;
+        if chunk.kind == ChunkKind::Error {
+            kind = ChunkKind::Error;
+        }
+        out.extend_from_slice(chunk.data());
+    }
+    opener.finish()?;
+    Ok((kind, out))
+}

@@ -1,0 +1,456 @@
+//! One test per refusal: each way an envelope can be wrong maps to its own
+//! typed error, and none of them panics.
+
+use super::*;
+use crate::ids::KeyId;
+use crate::keys::SecretKey;
+
+struct Fixture {
+    client: SecretKey,
+    enclaves: Vec<SecretKey>,
+    body: RequestBody,
+    sealed: Vec<u8>,
+}
+
+fn fixture(recipients: usize) -> Fixture {
+    let client = SecretKey::generate();
+    let enclaves: Vec<SecretKey> = (0..recipients).map(|_| SecretKey::generate()).collect();
+    let body = RequestBody::new(
+        42,
+        b"{\"prompt\":\"secret patient record\"}".to_vec(),
+        client.public(),
+    );
+    let pks: Vec<_> = enclaves.iter().map(|k| k.public()).collect();
+    let sealed = seal_request(&body, &pks).unwrap();
+    Fixture {
+        client,
+        enclaves,
+        body,
+        sealed,
+    }
+}
+
+fn open(f: &Fixture, bytes: &[u8]) -> Result<OpenedRequest, EnvelopeError> {
+    open_request(bytes, &f.enclaves[0], &Expectations::default())
+}
+
+/// Offset of the first recipient id, the wraps and the body in a request.
+fn offsets(recipients: usize) -> (usize, usize, usize) {
+    let first_id = 8 + 8 + 30 + 1;
+    let wraps = first_id + 30 * recipients;
+    let body = wraps + 80 * recipients + 4;
+    (first_id, wraps, body)
+}
+
+#[test]
+fn every_recipient_opens_and_header_is_public() {
+    let f = fixture(3);
+    for k in &f.enclaves {
+        let opened = open_request(&f.sealed, k, &Expectations::default()).unwrap();
+        assert_eq!(opened.body.input(), f.body.input());
+        assert_eq!(opened.body.request_id, f.body.request_id);
+        assert_eq!(opened.body.issued_at, f.body.issued_at);
+        assert_eq!(opened.body.response_key, f.client.public());
+    }
+    let view = peek_header(&f.sealed).unwrap();
+    assert_eq!(view.workload_id, 42);
+    assert_eq!(view.client_key_id, f.client.client_id());
+    let ids: Vec<KeyId> = f.enclaves.iter().map(|k| k.enclave_id()).collect();
+    assert_eq!(view.recipients, ids);
+    // The plaintext is nowhere in the envelope bytes.
+    assert!(!f.sealed.windows(6).any(|w| w == b"secret"));
+}
+
+#[test]
+fn truncated_at_every_length() {
+    let f = fixture(2);
+    for len in 0..f.sealed.len() {
+        match peek_header(&f.sealed[..len]) {
+            Err(EnvelopeError::Truncated { .. }) => {}
+            other => panic!("cut at {len}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn oversized() {
+    let big = vec![0u8; MAX_ENVELOPE_LEN + 1];
+    assert!(matches!(
+        peek_header(&big),
+        Err(EnvelopeError::TooLarge { .. })
+    ));
+    let client = SecretKey::generate();
+    let body = RequestBody::new(1, vec![0u8; MAX_INPUT_LEN + 1], client.public());
+    assert!(matches!(
+        seal_request(&body, &[SecretKey::generate().public()]),
+        Err(EnvelopeError::InputTooLarge { .. })
+    ));
+}
+
+#[test]
+fn trailing_bytes() {
+    let f = fixture(1);
+    let mut b = f.sealed.clone();
+    b.push(0);
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::TrailingBytes(1));
+}
+
+#[test]
+fn bad_magic_version_kind_suite() {
+    let f = fixture(1);
+    let mut b = f.sealed.clone();
+    b[0] ^= 1;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::BadMagic);
+    let mut b = f.sealed.clone();
+    b[4] = 2;
+    assert_eq!(
+        open(&f, &b).unwrap_err(),
+        EnvelopeError::UnsupportedVersion(2)
+    );
+    let mut b = f.sealed.clone();
+    b[5] = KIND_RESPONSE_CHUNK;
+    assert!(matches!(open(&f, &b), Err(EnvelopeError::WrongKind { .. })));
+    let mut b = f.sealed.clone();
+    b[7] = 9;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::UnknownSuite(9));
+}
+
+#[test]
+fn zero_and_too_many_recipients() {
+    let f = fixture(1);
+    let (first_id, _, _) = offsets(1);
+    let mut b = f.sealed.clone();
+    b[first_id - 1] = 0;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::NoRecipients);
+    let mut b = f.sealed.clone();
+    b[first_id - 1] = (MAX_RECIPIENTS + 1) as u8;
+    assert!(matches!(
+        open(&f, &b),
+        Err(EnvelopeError::TooManyRecipients { count: 17, max: 16 })
+    ));
+    let pks: Vec<_> = (0..=MAX_RECIPIENTS)
+        .map(|_| SecretKey::generate().public())
+        .collect();
+    assert!(matches!(
+        seal_request(&f.body, &pks),
+        Err(EnvelopeError::TooManyRecipients { .. })
+    ));
+    assert_eq!(
+        seal_request(&f.body, &[]).unwrap_err(),
+        EnvelopeError::NoRecipients
+    );
+}
+
+#[test]
+fn duplicate_recipient_refused() {
+    let f = fixture(1);
+    let pk = f.enclaves[0].public();
+    assert!(matches!(
+        seal_request(&f.body, &[pk, pk]),
+        Err(EnvelopeError::DuplicateRecipient(_))
+    ));
+}
+
+#[test]
+fn malformed_and_wrong_kind_ids() {
+    let f = fixture(1);
+    let (first_id, _, _) = offsets(1);
+    let mut b = f.sealed.clone();
+    b[first_id + 5] = b'!';
+    assert!(matches!(open(&f, &b), Err(EnvelopeError::BadKeyId { .. })));
+    let mut b = f.sealed.clone();
+    b[first_id + 1] = b'c'; // ek_ → ck_
+    assert!(matches!(
+        open(&f, &b),
+        Err(EnvelopeError::WrongIdKind { .. })
+    ));
+}
+
+#[test]
+fn tampered_header_fields() {
+    let f = fixture(2);
+    // Workload id (bytes 8..16): authenticated by the wraps' associated data.
+    let mut b = f.sealed.clone();
+    b[15] ^= 1;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::HeaderAuthFailed);
+    // A wrapped content key.
+    let (_, wraps, _) = offsets(2);
+    let mut b = f.sealed.clone();
+    b[wraps + 40] ^= 1;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::HeaderAuthFailed);
+    // The other recipient's wrap is covered by the body's associated data.
+    let mut b = f.sealed.clone();
+    b[wraps + 80 + 40] ^= 1;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::BodyAuthFailed);
+}
+
+#[test]
+fn tampered_body_and_tag() {
+    let f = fixture(1);
+    let (_, _, body) = offsets(1);
+    let mut b = f.sealed.clone();
+    b[body + 3] ^= 0x80;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::BodyAuthFailed);
+    let mut b = f.sealed.clone();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::BodyAuthFailed);
+}
+
+#[test]
+fn wrong_key() {
+    let f = fixture(2);
+    let stranger = SecretKey::generate();
+    assert!(matches!(
+        open_request(&f.sealed, &stranger, &Expectations::default()),
+        Err(EnvelopeError::NotARecipient(_))
+    ));
+}
+
+#[test]
+fn swapped_workload_or_client_key_id() {
+    let f = fixture(1);
+    let e = Expectations {
+        workload_id: Some(7),
+        client_key_id: None,
+    };
+    assert_eq!(
+        open_request(&f.sealed, &f.enclaves[0], &e).unwrap_err(),
+        EnvelopeError::WorkloadMismatch {
+            job: 7,
+            envelope: 42
+        }
+    );
+    let other = SecretKey::generate().client_id();
+    let e = Expectations {
+        workload_id: Some(42),
+        client_key_id: Some(&other),
+    };
+    assert!(matches!(
+        open_request(&f.sealed, &f.enclaves[0], &e),
+        Err(EnvelopeError::ClientKeyMismatch { .. })
+    ));
+    let own = f.client.client_id();
+    let e = Expectations {
+        workload_id: Some(42),
+        client_key_id: Some(&own),
+    };
+    assert!(open_request(&f.sealed, &f.enclaves[0], &e).is_ok());
+}
+
+struct Stream {
+    client: SecretKey,
+    enclave: SecretKey,
+    request_id: RequestId,
+    header: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+}
+
+fn stream(n: usize) -> Stream {
+    let client = SecretKey::generate();
+    let enclave = SecretKey::generate();
+    let request_id = [9u8; 16];
+    let (mut s, header) = ResponseSealer::new(&enclave, &client.public(), request_id).unwrap();
+    let chunks = (0..n)
+        .map(|i| {
+            s.seal_chunk(format!("token {i}").as_bytes(), ChunkKind::Data, i + 1 == n)
+                .unwrap()
+        })
+        .collect();
+    Stream {
+        client,
+        enclave,
+        request_id,
+        header,
+        chunks,
+    }
+}
+
+impl Stream {
+    fn opener(&self) -> ResponseOpener {
+        ResponseOpener::new(
+            &self.header,
+            &self.client,
+            &self.enclave.public(),
+            &self.request_id,
+        )
+        .unwrap()
+    }
+}
+
+#[test]
+fn stream_roundtrip() {
+    let s = stream(5);
+    let mut o = s.opener();
+    for (i, c) in s.chunks.iter().enumerate() {
+        let chunk = o.open_chunk(c).unwrap();
+        assert_eq!(chunk.data(), format!("token {i}").as_bytes());
+        assert_eq!(chunk.last, i == 4);
+    }
+    o.finish().unwrap();
+}
+
+#[test]
+fn stream_reordered() {
+    let s = stream(3);
+    let mut o = s.opener();
+    assert_eq!(
+        o.open_chunk(&s.chunks[1]).unwrap_err(),
+        EnvelopeError::ChunkOutOfOrder {
+            expected: 0,
+            found: 1
+        }
+    );
+}
+
+#[test]
+fn stream_duplicated_chunk_is_a_replay() {
+    let s = stream(3);
+    let mut o = s.opener();
+    o.open_chunk(&s.chunks[0]).unwrap();
+    assert_eq!(
+        o.open_chunk(&s.chunks[0]).unwrap_err(),
+        EnvelopeError::DuplicateChunk(0)
+    );
+}
+
+#[test]
+fn stream_truncated() {
+    let s = stream(3);
+    let mut o = s.opener();
+    o.open_chunk(&s.chunks[0]).unwrap();
+    o.open_chunk(&s.chunks[1]).unwrap();
+    assert_eq!(o.finish().unwrap_err(), EnvelopeError::TruncatedStream);
+}
+
+#[test]
+fn stream_after_final() {
+    let s = stream(1);
+    let mut o = s.opener();
+    o.open_chunk(&s.chunks[0]).unwrap();
+    assert_eq!(
+        o.open_chunk(&s.chunks[0]).unwrap_err(),
+        EnvelopeError::ChunkAfterFinal
+    );
+}
+
+#[test]
+fn stream_spliced_from_another_response() {
+    let a = stream(3);
+    // Another response to another request: refused by its request id.
+    let b = stream(3);
+    let mut b_other_request = b.chunks[1].clone();
+    b_other_request[8..24].copy_from_slice(&[1u8; 16]);
+    let mut o = a.opener();
+    o.open_chunk(&a.chunks[0]).unwrap();
+    assert_eq!(
+        o.open_chunk(&b_other_request).unwrap_err(),
+        EnvelopeError::ForeignChunk
+    );
+    // Another response to the same request id (e.g. a second enclave):
+    // same position, but sealed under another HPKE context.
+    let mut o = a.opener();
+    o.open_chunk(&a.chunks[0]).unwrap();
+    assert_eq!(
+        o.open_chunk(&b.chunks[1]).unwrap_err(),
+        EnvelopeError::ChunkAuthFailed(1)
+    );
+}
+
+#[test]
+fn stream_flags_and_size() {
+    let s = stream(2);
+    let mut o = s.opener();
+    let mut c = s.chunks[0].clone();
+    c[28] = 0x80;
+    assert_eq!(
+        o.open_chunk(&c).unwrap_err(),
+        EnvelopeError::BadChunkFlags(0x80)
+    );
+    // Flipping the final flag is caught by the AEAD (flags are associated data).
+    let mut o = s.opener();
+    let mut c = s.chunks[0].clone();
+    c[28] = 0x01;
+    assert_eq!(
+        o.open_chunk(&c).unwrap_err(),
+        EnvelopeError::ChunkAuthFailed(0)
+    );
+    let mut o = s.opener();
+    let mut c = s.chunks[0].clone();
+    c[29..33].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        o.open_chunk(&c),
+        Err(EnvelopeError::ChunkTooLarge { .. })
+    ));
+}
+
+#[test]
+fn response_from_wrong_enclave_or_to_wrong_client() {
+    let s = stream(1);
+    let impostor = SecretKey::generate();
+    assert!(matches!(
+        ResponseOpener::new(&s.header, &s.client, &impostor.public(), &s.request_id),
+        Err(EnvelopeError::EnclaveKeyMismatch { .. })
+    ));
+    let other_client = SecretKey::generate();
+    assert!(matches!(
+        ResponseOpener::new(&s.header, &other_client, &s.enclave.public(), &s.request_id),
+        Err(EnvelopeError::ResponseRecipientMismatch { .. })
+    ));
+    assert_eq!(
+        ResponseOpener::new(&s.header, &s.client, &s.enclave.public(), &[0u8; 16]).unwrap_err(),
+        EnvelopeError::RequestIdMismatch
+    );
+}
+
+#[test]
+fn response_forged_by_another_key_fails_authentication() {
+    // The impostor writes a header naming the genuine enclave's key id, but
+    // can only run HPKE auth mode with its own static key.
+    let s = stream(1);
+    let impostor = SecretKey::generate();
+    let (mut forged, mut header) =
+        ResponseSealer::new(&impostor, &s.client.public(), s.request_id).unwrap();
+    let chunk = forged.seal_chunk(b"forged", ChunkKind::Data, true).unwrap();
+    header[24..54].copy_from_slice(&s.header[24..54]);
+    let mut o =
+        ResponseOpener::new(&header, &s.client, &s.enclave.public(), &s.request_id).unwrap();
+    assert_eq!(
+        o.open_chunk(&chunk).unwrap_err(),
+        EnvelopeError::ChunkAuthFailed(0)
+    );
+}
+
+#[test]
+fn whole_response_roundtrip_and_multi_chunk() {
+    let client = SecretKey::generate();
+    let enclave = SecretKey::generate();
+    let out = vec![7u8; MAX_CHUNK_LEN + 10];
+    let sealed = seal_response(&enclave, &client.public(), [1; 16], ChunkKind::Data, &out).unwrap();
+    let (kind, data) = open_response(&sealed, &client, &enclave.public(), &[1; 16]).unwrap();
+    assert_eq!(kind, ChunkKind::Data);
+    assert_eq!(&data[..], &out[..]);
+    let view = peek_response_header(&sealed).unwrap();
+    assert_eq!(view.enclave_key_id, enclave.enclave_id());
+    // Dropping the last chunk is truncation.
+    let cut = sealed.len() - (10 + TAG_LEN + 33);
+    assert_eq!(
+        open_response(&sealed[..cut], &client, &enclave.public(), &[1; 16]).unwrap_err(),
+        EnvelopeError::TruncatedStream
+    );
+    let empty = seal_response(&enclave, &client.public(), [1; 16], ChunkKind::Error, b"").unwrap();
+    let (kind, data) = open_response(&empty, &client, &enclave.public(), &[1; 16]).unwrap();
+    assert_eq!((kind, data.len()), (ChunkKind::Error, 0));
+}
+
+#[test]
+fn debug_output_redacts_plaintext() {
+    let f = fixture(1);
+    let opened = open(&f, &f.sealed).unwrap();
+    let dbg = format!("{opened:?}");
+    assert!(!dbg.contains("secret patient"), "{dbg}");
+    assert!(dbg.contains("redacted"));
+    let s = stream(1);
+    let chunk = s.opener().open_chunk(&s.chunks[0]).unwrap();
+    assert!(!format!("{chunk:?}").contains("token"));
+}
