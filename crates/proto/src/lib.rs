@@ -10,6 +10,7 @@
 //!   optionally streamed, response. Byte layout: `docs/envelope.md`.
 //! - [`b64`]: the two base64 alphabets the JSON API uses.
 //! - [`api`], [`island`]: JSON types of the public and island-side APIs.
+//! - [`channel`]: the framed island ↔ enclave channel (codes, never contents).
 //!
 //! This crate is linked into the enclave, so it stays small, does no I/O and
 //! has no networking dependency.
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod b64;
+pub mod channel;
 pub mod envelope;
 pub mod ids;
 pub mod island;

@@ -1,0 +1,981 @@
+//! The job queue: submission with its hold, claims (leases), renewals,
+//! results with settlement, cancellation, and the reaper that requeues
+//! lapsed leases and fails jobs past their deadline.
+//!
+//! Each state change is one database transaction guarded by the state it
+//! expects (`WHERE state IN (…) AND lease_id = …`); settlement inserts the
+//! job's row in `settlements`, whose primary key makes a second settlement
+//! impossible even if two replicas race.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::ledger::{hold, post, Book, Entry};
+use super::{Result, Store};
+use crate::util::{now_ms, random_id};
+
+/// Everything needed to enqueue a job (validated by the API layer).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub account_id: String,
+    pub workload_id: i64,
+    pub mode: &'static str,
+    pub runtime: String,
+    pub memory_mb: i64,
+    pub max_seconds: i64,
+    pub price_per_second: i64,
+    pub encryption_key_id: Option<String>,
+    /// JSON text: the plain input, or the `{"encrypted": …}` object.
+    pub input: String,
+    pub recipients: Vec<String>,
+    pub hold: i64,
+    pub deadline_at: i64,
+    /// `(Idempotency-Key, hash of the request)`.
+    pub idempotency: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SubmitOutcome {
+    Created(JobRow),
+    /// Same Idempotency-Key and same request: the earlier job.
+    Replayed(JobRow),
+    /// Same Idempotency-Key, different request.
+    IdempotencyConflict,
+    InsufficientCredits {
+        needed: i64,
+        balance: i64,
+    },
+}
+
+/// A job row.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub account_id: String,
+    pub workload_id: i64,
+    pub mode: String,
+    pub state: String,
+    pub runtime: String,
+    pub memory_mb: i64,
+    pub max_seconds: i64,
+    pub price_per_second: i64,
+    pub encryption_key_id: Option<String>,
+    pub input: String,
+    pub output: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub island_id: Option<String>,
+    pub lease_id: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub leased_at: Option<i64>,
+    pub attempts: i64,
+    pub hold_amount: i64,
+    pub cost: Option<i64>,
+    pub execution_ms: Option<i64>,
+    pub deadline_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub recipients: Vec<String>,
+}
+
+impl JobRow {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+const JOB_COLS: &str = "id, account_id, workload_id, mode, state, runtime, memory_mb, max_seconds, \
+    price_per_second, encryption_key_id, input, output, error_code, error_message, island_id, lease_id, \
+    lease_expires_at, leased_at, attempts, hold_amount, cost, execution_ms, deadline_at, created_at, updated_at";
+
+fn job_from(r: &AnyRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        workload_id: r.try_get("workload_id")?,
+        mode: r.try_get("mode")?,
+        state: r.try_get("state")?,
+        runtime: r.try_get("runtime")?,
+        memory_mb: r.try_get("memory_mb")?,
+        max_seconds: r.try_get("max_seconds")?,
+        price_per_second: r.try_get("price_per_second")?,
+        encryption_key_id: r.try_get("encryption_key_id")?,
+        input: r.try_get("input")?,
+        output: r.try_get("output")?,
+        error_code: r.try_get("error_code")?,
+        error_message: r.try_get("error_message")?,
+        island_id: r.try_get("island_id")?,
+        lease_id: r.try_get("lease_id")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        leased_at: r.try_get("leased_at")?,
+        attempts: r.try_get("attempts")?,
+        hold_amount: r.try_get("hold_amount")?,
+        cost: r.try_get("cost")?,
+        execution_ms: r.try_get("execution_ms")?,
+        deadline_at: r.try_get("deadline_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        recipients: Vec::new(),
+    })
+}
+
+/// What a leasing island offers, as the claim query needs it.
+#[derive(Debug, Clone)]
+pub struct IslandSnapshot {
+    pub id: String,
+    pub runtimes: Vec<String>,
+    pub memory_mb: i64,
+    pub capacity: i64,
+    pub he_capable: bool,
+    /// Whether the island holds at least one routable enclave key.
+    pub has_enclave: bool,
+}
+
+/// A successful claim.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub job: JobRow,
+    /// TEE jobs: the island's enclave key the envelope names.
+    pub enclave_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// Recorded and settled now.
+    Settled {
+        state: String,
+        cost: i64,
+        earned: i64,
+    },
+    /// The same result was already recorded (a retry).
+    AlreadySettled {
+        state: String,
+        cost: i64,
+        earned: i64,
+    },
+    /// The job was cancelled meanwhile; nothing charged.
+    Cancelled,
+    /// Not this island's lease (expired, requeued or never held).
+    LeaseLost,
+    NotFound,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    pub requeued: Vec<String>,
+    pub failed: Vec<String>,
+    pub lease_expiries: u64,
+}
+
+/// Failure codes and messages the reaper and lease expiry produce.
+pub const NO_ENCLAVE_CODE: &str = "no_enclave_available";
+pub const NO_ISLAND_CODE: &str = "no_island_available";
+
+fn no_enclave_message(recipients: &[String], workload_id: i64) -> String {
+    format!(
+        "none of the enclaves this job was encrypted for ({}) became available before the deadline; \
+         fetch GET /api/v1/confidential/enclaves?workload_id={workload_id}, verify them and re-encrypt \
+         the input for enclaves that are live, then submit again",
+        recipients.join(", ")
+    )
+}
+
+impl Store {
+    /// Enqueues a job, holding its maximum cost. One transaction.
+    pub async fn submit_job(&self, j: &NewJob) -> Result<SubmitOutcome> {
+        let now = now_ms();
+        let id = random_id("job");
+        let mut tx = self.pool.begin().await?;
+        if let Some((key, hash)) = &j.idempotency {
+            let res = sqlx::query(
+                "INSERT INTO idempotency_keys (account_id, idem_key, request_hash, job_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&j.account_id)
+            .bind(key)
+            .bind(hash)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() == 0 {
+                tx.rollback().await?;
+                let row = sqlx::query(
+                    "SELECT request_hash, job_id FROM idempotency_keys WHERE account_id = $1 AND idem_key = $2",
+                )
+                .bind(&j.account_id)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?;
+                let stored: String = row.try_get("request_hash")?;
+                let job_id: String = row.try_get("job_id")?;
+                if &stored != hash {
+                    return Ok(SubmitOutcome::IdempotencyConflict);
+                }
+                return match self.job(&j.account_id, &job_id).await? {
+                    Some(job) => Ok(SubmitOutcome::Replayed(job)),
+                    None => Ok(SubmitOutcome::IdempotencyConflict),
+                };
+            }
+        }
+        sqlx::query(
+            "INSERT INTO jobs (id, account_id, workload_id, mode, state, runtime, memory_mb, max_seconds, price_per_second, \
+             encryption_key_id, input, attempts, hold_amount, deadline_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, 0, $11, $12, $13, $13)",
+        )
+        .bind(&id)
+        .bind(&j.account_id)
+        .bind(j.workload_id)
+        .bind(j.mode)
+        .bind(&j.runtime)
+        .bind(j.memory_mb)
+        .bind(j.max_seconds)
+        .bind(j.price_per_second)
+        .bind(j.encryption_key_id.clone())
+        .bind(&j.input)
+        .bind(j.hold)
+        .bind(j.deadline_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if !hold(&mut tx, &j.account_id, &id, j.hold, now).await? {
+            tx.rollback().await?;
+            let balance = self
+                .account(&j.account_id)
+                .await?
+                .map(|a| a.balance)
+                .unwrap_or(0);
+            return Ok(SubmitOutcome::InsufficientCredits {
+                needed: j.hold,
+                balance,
+            });
+        }
+        if !j.recipients.is_empty() {
+            let mut sql =
+                String::from("INSERT INTO job_recipients (job_id, key_id, excluded) VALUES ");
+            for i in 0..j.recipients.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("($1, ${}, 0)", i + 2));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(&sql).bind(&id);
+            for r in &j.recipients {
+                q = q.bind(r);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let mut row = JobRow {
+            id,
+            account_id: j.account_id.clone(),
+            workload_id: j.workload_id,
+            mode: j.mode.to_string(),
+            state: "queued".into(),
+            runtime: j.runtime.clone(),
+            memory_mb: j.memory_mb,
+            max_seconds: j.max_seconds,
+            price_per_second: j.price_per_second,
+            encryption_key_id: j.encryption_key_id.clone(),
+            input: j.input.clone(),
+            output: None,
+            error_code: None,
+            error_message: None,
+            island_id: None,
+            lease_id: None,
+            lease_expires_at: None,
+            leased_at: None,
+            attempts: 0,
+            hold_amount: j.hold,
+            cost: None,
+            execution_ms: None,
+            deadline_at: j.deadline_at,
+            created_at: now,
+            updated_at: now,
+            recipients: Vec::new(),
+        };
+        row.recipients = j.recipients.clone();
+        Ok(SubmitOutcome::Created(row))
+    }
+
+    /// A job of this account (None for other accounts' jobs).
+    pub async fn job(&self, account_id: &str, id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => {
+                let mut j = job_from(&r)?;
+                j.recipients = self.recipients(&j.id).await?;
+                Ok(Some(j))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A job by id regardless of owner (island side).
+    pub async fn job_any(&self, id: &str) -> Result<Option<JobRow>> {
+        sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from)
+            .transpose()
+    }
+
+    async fn recipients(&self, job_id: &str) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT key_id FROM job_recipients WHERE job_id = $1 ORDER BY key_id")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("key_id").map_err(Into::into))
+            .collect()
+    }
+
+    /// Jobs of an account, newest first.
+    pub async fn jobs(
+        &self,
+        account_id: &str,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>> {
+        let rows = match state {
+            Some(s) => {
+                sqlx::query(&format!(
+                    "SELECT {JOB_COLS} FROM jobs WHERE account_id = $1 AND state = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
+                ))
+                .bind(account_id)
+                .bind(s)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {JOB_COLS} FROM jobs WHERE account_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+                ))
+                .bind(account_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(job_from).collect()
+    }
+
+    /// Claims the oldest queued job this island may run: plain jobs, HE
+    /// jobs if it is HE-capable, TEE jobs only when one of its routable
+    /// enclave keys is a (not excluded) recipient.
+    pub async fn claim_job(
+        &self,
+        island: &IslandSnapshot,
+        lease_ms: i64,
+        accept_sim: bool,
+    ) -> Result<Option<Claim>> {
+        if island.runtimes.is_empty() || island.capacity <= 0 {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let now_secs = now / 1000;
+        let lease_id = random_id("lease");
+        // $1 island, $2 lease, $3 lease expiry, $4 now, $5 memory, $6 capacity,
+        // $7 now_secs, $8.. runtimes
+        let mut runtimes = String::new();
+        for i in 0..island.runtimes.len() {
+            if i > 0 {
+                runtimes.push_str(", ");
+            }
+            runtimes.push_str(&format!("${}", i + 8));
+        }
+        let mut modes = vec!["j.mode = 'plain'".to_string()];
+        if island.he_capable {
+            modes.push("j.mode = 'he'".into());
+        }
+        if island.has_enclave {
+            let sim = if accept_sim {
+                ""
+            } else {
+                " AND e.tee_type <> 'sim'"
+            };
+            modes.push(format!(
+                "(j.mode = 'tee' AND EXISTS (SELECT 1 FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
+                 WHERE r.job_id = j.id AND r.excluded = 0 AND e.island_id = $1 AND e.valid_until > $7{sim}))"
+            ));
+        }
+        let sql = format!(
+            "UPDATE jobs SET state = 'assigned', island_id = $1, lease_id = $2, lease_expires_at = $3, leased_at = $4, \
+             attempts = attempts + 1, updated_at = $4 \
+             WHERE state = 'queued' AND id = (SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.deadline_at > $4 \
+               AND j.memory_mb <= $5 AND j.runtime IN ({runtimes}) \
+               AND NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = j.id AND x.island_id = $1) \
+               AND ({modes}) ORDER BY j.created_at, j.id LIMIT 1{skip}) \
+             AND (SELECT COUNT(*) FROM jobs k WHERE k.island_id = $1 AND k.state IN ('assigned', 'running')) < $6 \
+             RETURNING {JOB_COLS}",
+            modes = modes.join(" OR "),
+            skip = self.skip_locked(),
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(&island.id)
+            .bind(&lease_id)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(island.memory_mb)
+            .bind(island.capacity)
+            .bind(now_secs);
+        for r in &island.runtimes {
+            q = q.bind(r);
+        }
+        let Some(row) = q.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let job = job_from(&row)?;
+        let enclave_key_id = if job.mode == "tee" {
+            let r = sqlx::query(
+                "SELECT r.key_id FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
+                 WHERE r.job_id = $1 AND e.island_id = $2 AND r.excluded = 0 ORDER BY e.valid_until DESC LIMIT 1",
+            )
+            .bind(&job.id)
+            .bind(&island.id)
+            .fetch_optional(&self.pool)
+            .await?;
+            match r {
+                Some(r) => Some(r.try_get::<String, _>("key_id")?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(Some(Claim {
+            job,
+            enclave_key_id,
+        }))
+    }
+
+    /// Extends a lease; optionally marks the job running. Returns the job
+    /// row after the change, or None when the lease is not this island's.
+    pub async fn renew_lease(
+        &self,
+        island_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        lease_ms: i64,
+        running: bool,
+    ) -> Result<Option<JobRow>> {
+        let now = now_ms();
+        let state = if running { "'running'" } else { "state" };
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2, state = {state} \
+             WHERE id = $3 AND island_id = $4 AND lease_id = $5 AND state IN ('assigned', 'running') RETURNING {JOB_COLS}"
+        ))
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(job_id)
+        .bind(island_id)
+        .bind(lease_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from).transpose()
+    }
+
+    /// Appends a streamed output chunk (idempotent per `seq`).
+    pub async fn add_chunk(
+        &self,
+        island_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        seq: i64,
+        data: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let ok = sqlx::query(
+            "SELECT id FROM jobs WHERE id = $1 AND island_id = $2 AND lease_id = $3 AND state IN ('assigned', 'running')",
+        )
+        .bind(job_id)
+        .bind(island_id)
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+        if !ok {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO job_chunks (job_id, seq, data, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(job_id)
+            .bind(seq)
+            .bind(data)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Chunks after `after_seq`, in order.
+    pub async fn chunks_after(&self, job_id: &str, after_seq: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query("SELECT seq, data FROM job_chunks WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT 256")
+            .bind(job_id)
+            .bind(after_seq)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("data")?)))
+            .collect()
+    }
+
+    /// Records an island's result and settles the job, exactly once.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn complete_job(
+        &self,
+        island_id: &str,
+        owner_account_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        succeeded: bool,
+        reported_ms: i64,
+        output: Option<&str>,
+        error: Option<(&str, &str)>,
+        island_share_percent: i64,
+    ) -> Result<CompleteOutcome> {
+        let Some(job) = self.job_any(job_id).await? else {
+            return Ok(CompleteOutcome::NotFound);
+        };
+        if job.island_id.as_deref() != Some(island_id) || job.lease_id.as_deref() != Some(lease_id)
+        {
+            return Ok(CompleteOutcome::LeaseLost);
+        }
+        if job.is_terminal() {
+            return Ok(self.already(&job, owner_account_id, island_share_percent));
+        }
+        let now = now_ms();
+        let (cost, exec_ms) = if succeeded {
+            bill(&job, reported_ms, now)
+        } else {
+            (
+                0,
+                reported_ms.clamp(0, job.max_seconds.saturating_mul(1000)),
+            )
+        };
+        let earned = share(cost, island_share_percent);
+        let new_state = if succeeded { "succeeded" } else { "failed" };
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
+             lease_expires_at = NULL, updated_at = $7 \
+             WHERE id = $8 AND island_id = $9 AND lease_id = $10 AND state IN ('assigned', 'running')",
+        )
+        .bind(new_state)
+        .bind(output.map(str::to_string))
+        .bind(error.map(|e| e.0.to_string()))
+        .bind(error.map(|e| e.1.to_string()))
+        .bind(cost)
+        .bind(exec_ms)
+        .bind(now)
+        .bind(job_id)
+        .bind(island_id)
+        .bind(lease_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1
+            || !insert_settlement(&mut tx, job_id, new_state, cost, now).await?
+        {
+            tx.rollback().await?;
+            return match self.job_any(job_id).await? {
+                Some(j) if j.is_terminal() && j.lease_id.as_deref() == Some(lease_id) => {
+                    Ok(self.already(&j, owner_account_id, island_share_percent))
+                }
+                Some(_) => Ok(CompleteOutcome::LeaseLost),
+                None => Ok(CompleteOutcome::NotFound),
+            };
+        }
+        let hold = job.hold_amount;
+        let acct = job.account_id.as_str();
+        let jid = Some(job_id);
+        post(
+            &mut tx,
+            &[
+                Entry::new(
+                    Book::Held,
+                    Some(acct),
+                    jid,
+                    if succeeded { "charge" } else { "refund" },
+                    -hold,
+                ),
+                Entry::new(
+                    Book::Available,
+                    Some(acct),
+                    jid,
+                    if succeeded { "release" } else { "refund" },
+                    hold - cost,
+                ),
+                Entry::new(
+                    Book::Available,
+                    Some(owner_account_id),
+                    jid,
+                    "earning",
+                    earned,
+                ),
+                Entry::new(Book::Platform, None, jid, "platform_fee", cost - earned),
+            ],
+            now,
+        )
+        .await?;
+        let col = if succeeded { "succeeded" } else { "failed" };
+        sqlx::query(&format!(
+            "UPDATE islands SET {col} = {col} + 1 WHERE id = $1"
+        ))
+        .bind(island_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CompleteOutcome::Settled {
+            state: new_state.into(),
+            cost,
+            earned,
+        })
+    }
+
+    fn already(&self, job: &JobRow, _owner: &str, pct: i64) -> CompleteOutcome {
+        if job.state == "cancelled" {
+            return CompleteOutcome::Cancelled;
+        }
+        let cost = job.cost.unwrap_or(0);
+        CompleteOutcome::AlreadySettled {
+            state: job.state.clone(),
+            cost,
+            earned: share(cost, pct),
+        }
+    }
+
+    /// Cancels a job of this account and refunds its hold. Returns the job
+    /// after the change, or the unchanged job if it had already finished.
+    pub async fn cancel_job(
+        &self,
+        account_id: &str,
+        job_id: &str,
+    ) -> Result<Option<(JobRow, bool)>> {
+        let Some(job) = self.job(account_id, job_id).await? else {
+            return Ok(None);
+        };
+        if job.is_terminal() {
+            return Ok(Some((job, false)));
+        }
+        let done = self
+            .fail_and_refund(
+                job_id,
+                "cancelled",
+                "cancelled",
+                "cancelled by the client; the hold was refunded in full",
+            )
+            .await?;
+        let job = self.job(account_id, job_id).await?;
+        Ok(job.map(|j| (j, done)))
+    }
+
+    /// Moves a non-terminal job to `state` (`failed` or `cancelled`) and
+    /// refunds its hold. False when it was already terminal.
+    pub async fn fail_and_refund(
+        &self,
+        job_id: &str,
+        state: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE jobs SET state = $1, error_code = $2, error_message = $3, cost = 0, lease_expires_at = NULL, updated_at = $4 \
+             WHERE id = $5 AND state IN ('queued', 'assigned', 'running') RETURNING account_id, hold_amount",
+        )
+        .bind(state)
+        .bind(code)
+        .bind(message)
+        .bind(now)
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        if !insert_settlement(&mut tx, job_id, state, 0, now).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let acct: String = row.try_get("account_id")?;
+        let hold: i64 = row.try_get("hold_amount")?;
+        post(
+            &mut tx,
+            &[
+                Entry::new(Book::Held, Some(&acct), Some(job_id), "refund", -hold),
+                Entry::new(Book::Available, Some(&acct), Some(job_id), "refund", hold),
+            ],
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Job ids among `ids` leased to this island that it must stop.
+    pub async fn stale_jobs(&self, island_id: &str, ids: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for id in ids.iter().take(256) {
+            match self.job_any(id).await? {
+                Some(j)
+                    if j.island_id.as_deref() == Some(island_id)
+                        && matches!(j.state.as_str(), "assigned" | "running") => {}
+                _ => out.push(id.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One reaper pass: requeue jobs whose lease lapsed (excluding the
+    /// island that lost it), fail those out of attempts or recipients, and
+    /// fail queued jobs past their deadline. Safe to run on every replica.
+    pub async fn reap(&self, max_attempts: i64) -> Result<ReapReport> {
+        let now = now_ms();
+        let mut report = ReapReport::default();
+        let expired = sqlx::query(
+            "SELECT id, island_id, lease_id, mode, attempts, workload_id FROM jobs \
+             WHERE state IN ('assigned', 'running') AND lease_expires_at < $1 LIMIT 200",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in expired {
+            let id: String = r.try_get("id")?;
+            let island: Option<String> = r.try_get("island_id")?;
+            let lease: Option<String> = r.try_get("lease_id")?;
+            let mode: String = r.try_get("mode")?;
+            let attempts: i64 = r.try_get("attempts")?;
+            let workload_id: i64 = r.try_get("workload_id")?;
+            let (Some(island), Some(lease)) = (island, lease) else {
+                continue;
+            };
+            let mut tx = self.pool.begin().await?;
+            let res = sqlx::query(
+                "UPDATE jobs SET state = 'queued', island_id = NULL, lease_id = NULL, lease_expires_at = NULL, \
+                 leased_at = NULL, updated_at = $1 WHERE id = $2 AND lease_id = $3 AND state IN ('assigned', 'running')",
+            )
+            .bind(now)
+            .bind(&id)
+            .bind(&lease)
+            .execute(&mut *tx)
+            .await?;
+            if res.rows_affected() != 1 {
+                tx.rollback().await?;
+                continue;
+            }
+            sqlx::query("INSERT INTO job_exclusions (job_id, island_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(&id)
+                .bind(&island)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE job_recipients SET excluded = 1 WHERE job_id = $1 AND key_id IN (SELECT key_id FROM enclaves WHERE island_id = $2)",
+            )
+            .bind(&id)
+            .bind(&island)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE islands SET expired = expired + 1 WHERE id = $1")
+                .bind(&island)
+                .execute(&mut *tx)
+                .await?;
+            let remaining: i64 = if mode == "tee" {
+                sqlx::query(
+                    "SELECT COUNT(*) AS n FROM job_recipients WHERE job_id = $1 AND excluded = 0",
+                )
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?
+            } else {
+                1
+            };
+            tx.commit().await?;
+            report.lease_expiries += 1;
+            tracing::info!(job_id = %id, island_id = %island, "lease lapsed; job requeued");
+            if remaining == 0 {
+                let recips = self.recipients(&id).await?;
+                if self
+                    .fail_and_refund(
+                        &id,
+                        "failed",
+                        NO_ENCLAVE_CODE,
+                        &no_enclave_message(&recips, workload_id),
+                    )
+                    .await?
+                {
+                    report.failed.push(id);
+                }
+            } else if attempts >= max_attempts {
+                if self
+                    .fail_and_refund(
+                        &id,
+                        "failed",
+                        "lease_expired",
+                        &format!("the job's lease lapsed {attempts} times (islands went away); the hold was refunded, submit it again"),
+                    )
+                    .await?
+                {
+                    report.failed.push(id);
+                }
+            } else {
+                report.requeued.push(id);
+            }
+        }
+        let overdue = sqlx::query(
+            "SELECT id, mode, workload_id FROM jobs WHERE state = 'queued' AND deadline_at <= $1 LIMIT 200",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in overdue {
+            let id: String = r.try_get("id")?;
+            let mode: String = r.try_get("mode")?;
+            let workload_id: i64 = r.try_get("workload_id")?;
+            let (code, msg) = if mode == "tee" {
+                (
+                    NO_ENCLAVE_CODE,
+                    no_enclave_message(&self.recipients(&id).await?, workload_id),
+                )
+            } else {
+                (
+                    NO_ISLAND_CODE,
+                    format!(
+                        "no island able to run workload {workload_id} leased the job before its deadline; the hold was refunded"
+                    ),
+                )
+            };
+            if self.fail_and_refund(&id, "failed", code, &msg).await? {
+                report.failed.push(id);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Job counts per state.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Requirements of a queued job for the dispatcher's wake-up choice.
+    pub async fn active_leases(&self, island_id: &str) -> Result<i64> {
+        let r = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE island_id = $1 AND state IN ('assigned', 'running')")
+            .bind(island_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get("n")?)
+    }
+}
+
+/// Cost of a successful job: the smaller of the island's measurement and
+/// the time since the lease, capped at `max_seconds`, at the job's rate,
+/// rounded up to whole credits, never above the hold.
+pub fn bill(job: &JobRow, reported_ms: i64, now: i64) -> (i64, i64) {
+    let wall = job.leased_at.map(|t| (now - t).max(0)).unwrap_or(0);
+    let ms = reported_ms
+        .max(0)
+        .min(wall)
+        .min(job.max_seconds.saturating_mul(1000));
+    let cost = (ms.saturating_mul(job.price_per_second) + 999) / 1000;
+    (cost.min(job.hold_amount), ms)
+}
+
+/// The island owner's share of a charge (rounded down).
+pub fn share(cost: i64, percent: i64) -> i64 {
+    cost.saturating_mul(percent.clamp(0, 100)) / 100
+}
+
+async fn insert_settlement(
+    conn: &mut AnyConnection,
+    job_id: &str,
+    outcome: &str,
+    cost: i64,
+    now: i64,
+) -> Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO settlements (job_id, outcome, cost, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id)
+    .bind(outcome)
+    .bind(cost)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(price: i64, max_s: i64, hold: i64, leased_at: i64) -> JobRow {
+        JobRow {
+            id: "job_x".into(),
+            account_id: "a".into(),
+            workload_id: 1,
+            mode: "plain".into(),
+            state: "running".into(),
+            runtime: "echo".into(),
+            memory_mb: 1,
+            max_seconds: max_s,
+            price_per_second: price,
+            encryption_key_id: None,
+            input: "{}".into(),
+            output: None,
+            error_code: None,
+            error_message: None,
+            island_id: None,
+            lease_id: None,
+            lease_expires_at: None,
+            leased_at: Some(leased_at),
+            attempts: 1,
+            hold_amount: hold,
+            cost: None,
+            execution_ms: None,
+            deadline_at: 0,
+            created_at: 0,
+            updated_at: 0,
+            recipients: vec![],
+        }
+    }
+
+    #[test]
+    fn billing_uses_the_smaller_measurement_and_caps() {
+        let j = job(10, 5, 50, 1_000);
+        // island says 1.5 s, wall clock 3 s → 1.5 s → 15 credits
+        assert_eq!(bill(&j, 1_500, 4_000), (15, 1_500));
+        // island claims 100 s but only 2 s passed → 20 credits
+        assert_eq!(bill(&j, 100_000, 3_000), (20, 2_000));
+        // capped at max_seconds
+        assert_eq!(bill(&j, 100_000, 1_000_000), (50, 5_000));
+        // a partial credit rounds up, negative reports bill nothing
+        assert_eq!(bill(&j, 1, 10_000), (1, 1));
+        assert_eq!(bill(&j, -5, 10_000), (0, 0));
+    }
+
+    #[test]
+    fn share_rounds_down_and_clamps() {
+        assert_eq!(share(100, 85), 85);
+        assert_eq!(share(7, 85), 5);
+        assert_eq!(share(7, 150), 7);
+        assert_eq!(share(7, -1), 0);
+    }
+}

@@ -1,0 +1,267 @@
+//! The append-only double-entry ledger.
+//!
+//! Every movement of credits is one ledger transaction whose entries sum to
+//! zero. Books: each account's `available` and `held`, the `platform`'s
+//! earnings and `issuance` (where granted credits come from, so it goes
+//! negative by exactly the credits granted). `accounts.balance` and
+//! `accounts.held` are projections of the two account books, updated in the
+//! same database transaction; the platform and issuance books are not
+//! projected (they would be one hot row for every job) and are summed on
+//! demand.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{Result, Store, StoreError};
+use crate::util::ordered_id;
+
+/// A ledger book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Book {
+    Available,
+    Held,
+    Platform,
+    Issuance,
+}
+
+impl Book {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Book::Available => "available",
+            Book::Held => "held",
+            Book::Platform => "platform",
+            Book::Issuance => "issuance",
+        }
+    }
+}
+
+/// One entry of a ledger transaction.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    pub book: Book,
+    pub account_id: Option<&'a str>,
+    pub job_id: Option<&'a str>,
+    pub kind: &'static str,
+    pub amount: i64,
+}
+
+impl<'a> Entry<'a> {
+    pub fn new(
+        book: Book,
+        account_id: Option<&'a str>,
+        job_id: Option<&'a str>,
+        kind: &'static str,
+        amount: i64,
+    ) -> Entry<'a> {
+        Entry {
+            book,
+            account_id,
+            job_id,
+            kind,
+            amount,
+        }
+    }
+}
+
+/// Writes one balanced ledger transaction and updates the projections.
+/// Zero-amount entries are skipped. The caller owns the database transaction.
+pub async fn post(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> Result<()> {
+    let sum: i64 = entries.iter().map(|e| e.amount).sum();
+    if sum != 0 {
+        return Err(StoreError::Unbalanced(sum));
+    }
+    let entries: Vec<&Entry> = entries.iter().filter(|e| e.amount != 0).collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let txn_id = ordered_id("txn");
+    let mut sql = String::from(
+        "INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) VALUES ",
+    );
+    for i in 0..entries.len() {
+        let b = i * 8;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8
+        ));
+    }
+    let mut q = sqlx::query(&sql);
+    for e in &entries {
+        q = q
+            .bind(ordered_id("le"))
+            .bind(txn_id.clone())
+            .bind(e.book.as_str())
+            .bind(e.account_id.map(str::to_string))
+            .bind(e.job_id.map(str::to_string))
+            .bind(e.kind)
+            .bind(e.amount)
+            .bind(now);
+    }
+    q.execute(&mut *conn).await?;
+    // Projections, one UPDATE per account touched.
+    let mut per_account: Vec<(&str, i64, i64)> = Vec::new();
+    for e in &entries {
+        let Some(acct) = e.account_id else { continue };
+        let (da, dh) = match e.book {
+            Book::Available => (e.amount, 0),
+            Book::Held => (0, e.amount),
+            _ => continue,
+        };
+        match per_account.iter_mut().find(|(a, _, _)| *a == acct) {
+            Some(slot) => {
+                slot.1 += da;
+                slot.2 += dh;
+            }
+            None => per_account.push((acct, da, dh)),
+        }
+    }
+    per_account.retain(|(_, da, dh)| *da != 0 || *dh != 0);
+    if per_account.is_empty() {
+        return Ok(());
+    }
+    // One UPDATE for every account touched.
+    let (mut bal, mut held, mut ids) = (String::new(), String::new(), Vec::new());
+    for i in 0..per_account.len() {
+        let b = i * 3;
+        bal.push_str(&format!(" WHEN ${} THEN ${}", b + 1, b + 2));
+        held.push_str(&format!(" WHEN ${} THEN ${}", b + 1, b + 3));
+        ids.push(format!("${}", b + 1));
+    }
+    let sql = format!(
+        "UPDATE accounts SET balance = balance + CASE id{bal} ELSE 0 END, held = held + CASE id{held} ELSE 0 END \
+         WHERE id IN ({})",
+        ids.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for (acct, da, dh) in &per_account {
+        q = q.bind(*acct).bind(*da).bind(*dh);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Moves `amount` from an account's available book to its held book if the
+/// balance covers it. Returns false (nothing written) when it does not.
+pub async fn hold(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    job_id: &str,
+    amount: i64,
+    now: i64,
+) -> Result<bool> {
+    if amount > 0 {
+        let res = sqlx::query(
+            "UPDATE accounts SET balance = balance - $1, held = held + $1 WHERE id = $2 AND balance >= $1",
+        )
+        .bind(amount)
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+    }
+    // The projection is already updated; write the entries only.
+    if amount > 0 {
+        sqlx::query(
+            "INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) \
+             VALUES ($1, $2, 'available', $3, $4, 'hold', $5, $6), ($7, $2, 'held', $3, $4, 'hold', $8, $6)",
+        )
+        .bind(ordered_id("le"))
+        .bind(ordered_id("txn"))
+        .bind(account_id)
+        .bind(job_id)
+        .bind(-amount)
+        .bind(now)
+        .bind(ordered_id("le"))
+        .bind(amount)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
+}
+
+/// Sums over the whole ledger, for metrics and the conservation check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerTotals {
+    pub available: i64,
+    pub held: i64,
+    pub platform: i64,
+    /// Credits ever granted (minus the issuance book).
+    pub issued: i64,
+    /// Sum of all entries: always 0.
+    pub sum: i64,
+    /// Sum of the `balance` / `held` projections over all accounts.
+    pub projected_available: i64,
+    pub projected_held: i64,
+}
+
+impl Store {
+    /// Ledger totals per book, and the projections to compare them with.
+    pub async fn ledger_totals(&self) -> Result<LedgerTotals> {
+        let rows = sqlx::query(
+            "SELECT book, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM ledger_entries GROUP BY book",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut t = LedgerTotals::default();
+        for r in rows {
+            let book: String = r.try_get("book")?;
+            let total: i64 = r.try_get("total")?;
+            t.sum += total;
+            match book.as_str() {
+                "available" => t.available = total,
+                "held" => t.held = total,
+                "platform" => t.platform = total,
+                "issuance" => t.issued = -total,
+                other => return Err(StoreError::Corrupt(format!("unknown ledger book {other}"))),
+            }
+        }
+        let r = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(balance), 0) AS BIGINT) AS a, CAST(COALESCE(SUM(held), 0) AS BIGINT) AS h FROM accounts",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        t.projected_available = r.try_get("a")?;
+        t.projected_held = r.try_get("h")?;
+        Ok(t)
+    }
+
+    /// Recent entries of an account, newest first.
+    pub async fn ledger_for(
+        &self,
+        account_id: &str,
+        limit: i64,
+    ) -> Result<Vec<archipelago_proto::api::LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, txn_id, book, kind, amount, job_id, created_at FROM ledger_entries \
+             WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(archipelago_proto::api::LedgerEntry {
+                    id: r.try_get("id")?,
+                    txn_id: r.try_get("txn_id")?,
+                    book: r.try_get("book")?,
+                    kind: r.try_get("kind")?,
+                    amount: r.try_get("amount")?,
+                    job_id: r.try_get("job_id")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}

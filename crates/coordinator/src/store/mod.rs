@@ -1,0 +1,286 @@
+//! Storage: one schema, one migration set, two databases.
+//!
+//! SQLite (one file, WAL) is the zero-setup default; PostgreSQL lets several
+//! coordinator replicas share one database. Both are driven through sqlx's
+//! `Any` driver with SQL both accept (`$n` placeholders, `RETURNING`,
+//! `ON CONFLICT`), so the queries exist once. The two differences live here:
+//! job claims add `FOR UPDATE SKIP LOCKED` on PostgreSQL, and SQLite uses a
+//! single connection, which serialises writers without `SQLITE_BUSY`.
+//!
+//! Every state change of a job and its ledger entries commit in one
+//! transaction, guarded by the state the change expects, so a job settles
+//! exactly once however often a result is posted or a replica crashes.
+
+mod jobs;
+mod ledger;
+mod registry;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor};
+
+pub use jobs::{Claim, CompleteOutcome, IslandSnapshot, JobRow, NewJob, ReapReport, SubmitOutcome};
+pub use ledger::{Book, LedgerTotals};
+pub use registry::{
+    AccountRow, ApiKeyRow, ClientKeyRow, EnclaveRow, IslandRow, NewEnclave, WorkloadRow,
+};
+
+/// Storage failures. Database messages are logged, never returned to API
+/// clients verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database url: {0}")]
+    BadUrl(String),
+    #[error("ledger transaction does not balance (sum {0}); refusing to write it")]
+    Unbalanced(i64),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DbKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbKind::Sqlite => "sqlite",
+            DbKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// `sqlite://path`, `sqlite::memory:` or `postgres://…`.
+    pub url: String,
+    /// PostgreSQL only: schema to create and use (test isolation, or
+    /// several deployments in one database).
+    pub schema: Option<String>,
+    /// PostgreSQL pool size.
+    pub max_connections: u32,
+    /// PostgreSQL `synchronous_commit`. Off trades the last few hundred ms of
+    /// commits on a database crash (never consistency: every job change and
+    /// its ledger entries still commit atomically) for throughput.
+    pub synchronous_commit: bool,
+}
+
+impl DbConfig {
+    /// SQLite database file `coordinator.db` in `dir`.
+    pub fn sqlite_in(dir: &std::path::Path) -> DbConfig {
+        DbConfig {
+            url: format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display()),
+            schema: None,
+            max_connections: 1,
+            synchronous_commit: true,
+        }
+    }
+
+    pub fn sqlite_memory() -> DbConfig {
+        DbConfig {
+            url: "sqlite::memory:".into(),
+            schema: None,
+            max_connections: 1,
+            synchronous_commit: true,
+        }
+    }
+
+    pub fn postgres(url: &str) -> DbConfig {
+        DbConfig {
+            url: url.into(),
+            schema: None,
+            max_connections: 16,
+            synchronous_commit: true,
+        }
+    }
+}
+
+/// The migration set, embedded in the binary.
+pub fn migrator() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("initial"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../../migrations/0001_initial.sql")),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn valid_schema_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+/// The coordinator's database handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    kind: DbKind,
+    url: String,
+    schema: Option<String>,
+}
+
+impl Store {
+    /// Connects, creating the SQLite file if needed, and runs migrations.
+    pub async fn connect(cfg: &DbConfig) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let kind = if cfg.url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if cfg.url.starts_with("postgres://") || cfg.url.starts_with("postgresql://") {
+            DbKind::Postgres
+        } else {
+            return Err(StoreError::BadUrl(
+                "expected sqlite://PATH, sqlite::memory: or postgres://…".into(),
+            ));
+        };
+        if let Some(s) = &cfg.schema {
+            if !valid_schema_name(s) {
+                return Err(StoreError::BadUrl(format!(
+                    "schema name must be [a-z_][a-z0-9_]*, got {s:?}"
+                )));
+            }
+        }
+        let opts: AnyConnectOptions = cfg.url.parse().map_err(|e: sqlx::Error| {
+            StoreError::BadUrl(format!("cannot parse database url: {e}"))
+        })?;
+        let pool = match kind {
+            DbKind::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?
+            }
+            DbKind::Postgres => {
+                if let Some(schema) = &cfg.schema {
+                    let mut c =
+                        <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts).await?;
+                    c.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+                        .await?;
+                }
+                let schema = cfg.schema.clone();
+                let sync = cfg.synchronous_commit;
+                AnyPoolOptions::new()
+                    .max_connections(cfg.max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(move |conn, _| {
+                        let schema = schema.clone();
+                        Box::pin(async move {
+                            if !sync {
+                                conn.execute("SET synchronous_commit = off").await?;
+                            }
+                            if let Some(schema) = schema {
+                                conn.execute(format!("SET search_path TO {schema}").as_str())
+                                    .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?
+            }
+        };
+        migrator().run(&pool).await?;
+        Ok(Store {
+            pool,
+            kind,
+            url: cfg.url.clone(),
+            schema: cfg.schema.clone(),
+        })
+    }
+
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Connection string (for the PostgreSQL listener).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// NOTIFY channel name (per schema, so test schemas don't cross-talk).
+    pub fn channel(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("archipelago_{s}"),
+            None => "archipelago".into(),
+        }
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL, nothing on SQLite.
+    fn skip_locked(&self) -> &'static str {
+        match self.kind {
+            DbKind::Postgres => " FOR UPDATE SKIP LOCKED",
+            DbKind::Sqlite => "",
+        }
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Publishes a wake-up to other replicas (PostgreSQL `NOTIFY`).
+    pub async fn notify(&self, payload: &str) -> Result<()> {
+        if self.kind == DbKind::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(self.channel())
+                .bind(payload.to_string())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        assert!(valid_schema_name("t_abc123"));
+        assert!(!valid_schema_name("1abc"));
+        assert!(!valid_schema_name("a;drop"));
+        assert!(!valid_schema_name(""));
+    }
+}

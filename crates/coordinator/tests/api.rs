@@ -1,0 +1,1339 @@
+//! HTTP-level tests of every endpoint, each run against SQLite and
+//! PostgreSQL: the authorization matrix, placement rules, lease expiry and
+//! requeue, billing and its conservation under random outcomes.
+
+mod common;
+
+use std::time::Duration;
+
+use archipelago_proto::{b64, SecretKey};
+use common::*;
+use rand::Rng;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn basics(b: Backend) {
+    let h = Harness::start(b).await;
+    let r = h.call(Method::GET, "/api/v1/health", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["status"], "ok");
+    // OpenAPI 3.1 document
+    let r = h
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(r.body["paths"]["/api/v1/jobs"]["post"].is_object());
+    // no / bad credentials
+    let r = h.call(Method::GET, "/api/v1/account", None, None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["error"]["code"], "unauthorized");
+    let r = h.get("/api/v1/account", "ak_nope").await;
+    assert_eq!(r.status, 401);
+    let r = h.get("/api/v1/nowhere", &h.admin_key).await;
+    assert_eq!(r.status, 404);
+    // encryption happens on the user's machine
+    for p in [
+        "/api/v1/confidential/encrypt",
+        "/api/v1/confidential/decrypt",
+    ] {
+        let r = h
+            .post(
+                p,
+                &h.admin_key,
+                json!({"input": {"prompt": "x"}, "key_id": "ck_x"}),
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.body["error"]["code"], "client_side_only");
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("archipelago gateway"));
+    }
+    // workloads
+    let r = h.get("/api/v1/workloads", &h.admin_key).await;
+    let slugs: Vec<&str> = r.body["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(slugs, ["chat", "embed", "classify", "he-aggregate", "echo"]);
+    let r = h.get("/api/v1/workloads/5", &h.admin_key).await;
+    assert_eq!(r.body["slug"], "echo");
+    assert_eq!(
+        h.get("/api/v1/workloads/42", &h.admin_key).await.status,
+        404
+    );
+    // stats shape of the product page
+    let r = h.get("/api/v1/confidential/stats", &h.admin_key).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["tee_types"].is_object());
+    assert_eq!(r.body["attested_hosts"], 0);
+    // metrics
+    let r = h.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(r.status, 200);
+    let text = r.body.as_str().unwrap().to_string();
+    assert!(text.contains("archipelago_jobs{state=\"queued\"} 0"));
+    assert!(text.contains("archipelago_queue_depth 0"));
+    assert!(text.contains("archipelago_attested_enclaves{tee_type=\"sev\"} 0"));
+    assert!(text.contains("archipelago_ledger_credits{book=\"issued\"} 1000000"));
+    assert!(text.contains("archipelago_lease_expiries_total"));
+    // account
+    let r = h.get("/api/v1/account", &h.admin_key).await;
+    assert_eq!(r.body["balance"], 1_000_000);
+    assert_eq!(r.body["ledger"][0]["kind"], "grant");
+    h.finish().await;
+}
+both!(basics_t, basics);
+
+async fn api_keys_and_scopes(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, user) = h.user(100).await;
+    // a read-only key cannot write
+    let r = h
+        .post(
+            "/api/v1/api-keys",
+            &user,
+            json!({"name": "ro", "scopes": ["read"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let ro = r.body["api_key"].as_str().unwrap().to_string();
+    let ro_id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.get("/api/v1/account", &ro).await.status, 200);
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &ro,
+            json!({"workload_id": 5, "input": {"text": "hi"}}),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    // non-admins cannot mint admin keys or use admin endpoints
+    let r = h
+        .post("/api/v1/api-keys", &user, json!({"scopes": ["admin"]}))
+        .await;
+    assert_eq!(r.status, 403);
+    let r = h
+        .post("/api/v1/admin/accounts", &user, json!({"name": "x"}))
+        .await;
+    assert_eq!(r.status, 403);
+    let r = h
+        .post("/api/v1/admin/enrollment-tokens", &user, json!({}))
+        .await;
+    assert_eq!(r.status, 403);
+    let r = h
+        .post("/api/v1/api-keys", &user, json!({"scopes": ["root"]}))
+        .await;
+    assert_eq!(r.status, 422);
+    // listing shows no secrets; revocation is immediate
+    let r = h.get("/api/v1/api-keys", &user).await;
+    assert_eq!(r.body["api_keys"].as_array().unwrap().len(), 2);
+    assert!(r.body["api_keys"][0].get("api_key").is_none());
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{ro_id}"),
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(h.get("/api/v1/account", &ro).await.status, 401);
+    // another account cannot revoke my key
+    let (_, other) = h.user(0).await;
+    let mine = h.get("/api/v1/api-keys", &user).await.body["api_keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{mine}"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    // admin: grant and enrollment tokens with limited uses
+    let (acct, _) = h.user(0).await;
+    let r = h
+        .post(
+            &format!("/api/v1/admin/accounts/{acct}/grant"),
+            &h.admin_key,
+            json!({"credits": 5}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = h
+        .post(
+            "/api/v1/admin/accounts/acct_nope/grant",
+            &h.admin_key,
+            json!({"credits": 5}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = h
+        .post(
+            "/api/v1/admin/enrollment-tokens",
+            &h.admin_key,
+            json!({"max_uses": 1}),
+        )
+        .await;
+    let et = r.body["enrollment_token"].as_str().unwrap().to_string();
+    let enroll = json!({"enrollment_token": et, "name": "a", "runtimes": ["echo"], "memory_mb": 10, "capacity": 1});
+    assert_eq!(
+        h.call(
+            Method::POST,
+            "/api/v1/island/enroll",
+            None,
+            Some(enroll.clone())
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        h.call(Method::POST, "/api/v1/island/enroll", None, Some(enroll))
+            .await
+            .status,
+        401
+    );
+    h.finish().await;
+}
+both!(api_keys_t, api_keys_and_scopes);
+
+async fn key_registry(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, a) = h.user(0).await;
+    let (_, bk) = h.user(0).await;
+    let ck = SecretKey::generate();
+    let pk = ck.public().to_base64();
+    let r = h
+        .post("/api/v1/confidential/keys", &a, json!({"public_key": pk}))
+        .await;
+    assert_eq!(r.status, 201);
+    let id = r.body["key_id"].as_str().unwrap().to_string();
+    assert_eq!(id, ck.public().client_id_string());
+    assert_eq!(r.body["public_key"], pk);
+    // idempotent re-registration, URL-safe alphabet accepted
+    let url_safe = pk
+        .replace('+', "-")
+        .replace('/', "_")
+        .trim_end_matches('=')
+        .to_string();
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": url_safe, "key_id": id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // self-certifying: a wrong id is refused
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": pk, "key_id": "ck_aaaaaaaaaaaaaaaaaaaaaaaaaa"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["error"]["fields"][0]["field"], "key_id");
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": "AAAA"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": pk, "kind": "rsa"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let r = h
+        .post("/api/v1/confidential/keys", &a, json!({"kind": "x25519"}))
+        .await;
+    assert_eq!(r.status, 422, "missing field is a 422");
+    // HE key material
+    let he = b64::encode_std(&[9u8; 256]);
+    let r = h.post("/api/v1/confidential/keys", &a, json!({"public_key": he, "kind": "he-bfv", "evaluation_keys": b64::encode_std(&[1u8; 64])})).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body["kind"], "he-bfv");
+    // list: own keys only
+    assert_eq!(
+        h.get("/api/v1/confidential/keys", &a).await.body["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        h.get("/api/v1/confidential/keys", &bk).await.body["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // another account's key: 404
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/confidential/keys/{id}"),
+            Some(&bk),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/confidential/keys/{id}"),
+            Some(&a),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/confidential/keys/{id}"),
+            Some(&a),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    h.finish().await;
+}
+both!(key_registry_t, key_registry);
+
+trait IdString {
+    fn client_id_string(&self) -> String;
+}
+impl IdString for archipelago_proto::PublicKey {
+    fn client_id_string(&self) -> String {
+        archipelago_proto::KeyId::client(self.as_bytes())
+            .as_str()
+            .to_string()
+    }
+}
+
+async fn plain_job_lifecycle(b: Backend) {
+    let h = Harness::start(b).await;
+    let (acct, user) = h.user(1000).await;
+    let (island, it) = h.island(plain_caps()).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": {"text": "hello"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["state"], "queued");
+    assert_eq!(r.body["confidential"], false);
+    assert_eq!(r.body["hold"], 10);
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(
+        (acc["balance"].as_i64(), acc["held"].as_i64()),
+        (Some(990), Some(10))
+    );
+    // SSE subscriber
+    let sse = {
+        let url = format!("{}/api/v1/jobs/{id}/stream", h.base);
+        let http = h.http.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            let mut r = http.get(url).bearer_auth(user).send().await.unwrap();
+            assert_eq!(r.headers()["content-type"], "text/event-stream");
+            let mut text = String::new();
+            while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+                .await
+                .unwrap()
+            {
+                text.push_str(&String::from_utf8_lossy(&c));
+                if text.contains("event: done") {
+                    break;
+                }
+            }
+            text
+        })
+    };
+    let l = h.lease(&it, 1000).await;
+    assert_eq!(l.status, 200, "{:?}", l.body);
+    assert_eq!(l.body["job_id"], id.as_str());
+    assert_eq!(l.body["input"]["text"], "hello");
+    assert_eq!(l.body["workload_slug"], "echo");
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(h.job(&user, &id).await["state"], "assigned");
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/renew"),
+            &it,
+            json!({"lease_id": lease, "running": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["state"], "running");
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/chunks"),
+            &it,
+            json!({"lease_id": lease, "seq": 0, "data": "hel"}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    // heartbeat: job is still live
+    let r = h
+        .post(
+            "/api/v1/island/heartbeat",
+            &it,
+            heartbeat_body(&plain_caps(), &[&id, "job_gone"]),
+        )
+        .await;
+    assert_eq!(r.body["cancel_jobs"], json!(["job_gone"]));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = h
+        .post(&format!("/api/v1/island/jobs/{id}/result"), &it, json!({"lease_id": lease, "outcome": "succeeded", "execution_ms": 1000, "output": {"text": "hello"}}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["cost"], 1);
+    assert_eq!(r.body["earned"], 0);
+    // posting again is harmless and settles nothing more
+    let r2 = h
+        .post(&format!("/api/v1/island/jobs/{id}/result"), &it, json!({"lease_id": lease, "outcome": "succeeded", "execution_ms": 1000, "output": {"text": "hello"}}))
+        .await;
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.body, r.body);
+    let j = h.job(&user, &id).await;
+    assert_eq!(j["state"], "succeeded");
+    assert_eq!(j["output"]["text"], "hello");
+    assert_eq!(j["cost"], 1);
+    assert_eq!(j["island_id"], island.as_str());
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(
+        (acc["balance"].as_i64(), acc["held"].as_i64()),
+        (Some(999), Some(0))
+    );
+    let text = sse.await.unwrap();
+    assert!(text.contains("event: chunk"), "{text}");
+    assert!(text.contains("event: done"), "{text}");
+    // list and filter
+    let r = h.get("/api/v1/jobs?state=succeeded", &user).await;
+    assert_eq!(r.body["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(h.get("/api/v1/jobs?state=bogus", &user).await.status, 422);
+    assert_eq!(h.get("/api/v1/jobs?limit=0", &user).await.status, 422);
+    // cancel after the end: 409
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/jobs/{id}"),
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    // islands listing
+    let r = h.get("/api/v1/islands", &user).await;
+    assert_eq!(r.body["islands"][0]["status"], "online");
+    assert!(r.body["islands"][0].get("owner_account_id").is_none());
+    let t = h.store.ledger_totals().await.unwrap();
+    assert_eq!(t.sum, 0);
+    let _ = acct;
+    h.finish().await;
+}
+both!(plain_job_t, plain_job_lifecycle);
+
+async fn billing_shares(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, user) = h.user(10_000).await;
+    let (_, it) = h.island(plain_caps()).await;
+    // chat: 10 credits/s, max 120 s → hold 1200
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 1, "input": {"prompt": "hi"}}),
+        )
+        .await;
+    assert_eq!(r.body["hold"], 1200);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let l = h.lease(&it, 1000).await;
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = h
+        .post(&format!("/api/v1/island/jobs/{id}/result"), &it, json!({"lease_id": lease, "outcome": "succeeded", "execution_ms": 2000, "output": {"text": "x"}}))
+        .await;
+    assert_eq!(r.body["cost"], 20);
+    assert_eq!(r.body["earned"], 17);
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(acc["balance"], 10_000 - 20);
+    let admin = h.get("/api/v1/account", &h.admin_key).await.body;
+    assert_eq!(
+        admin["balance"],
+        1_000_000 + 17,
+        "island owner (admin) earned 85%"
+    );
+    let t = h.store.ledger_totals().await.unwrap();
+    assert_eq!(t.platform, 3);
+    // failure refunds in full
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 1, "input": {"prompt": "hi"}}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let l = h.lease(&it, 1000).await;
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    let r = h
+        .post(&format!("/api/v1/island/jobs/{id}/result"), &it, json!({"lease_id": lease, "outcome": "failed", "execution_ms": 5, "error": {"code": "model_error", "message": "out of memory"}}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["cost"], 0);
+    let j = h.job(&user, &id).await;
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["error"]["code"], "model_error");
+    assert_eq!(
+        h.get("/api/v1/account", &user).await.body["balance"],
+        10_000 - 20
+    );
+    // 402 when the balance cannot cover the hold
+    let (_, poor) = h.user(5).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &poor,
+            json!({"workload_id": 1, "input": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 402);
+    assert_eq!(r.body["error"]["code"], "insufficient_credits");
+    assert_eq!(
+        h.get("/api/v1/jobs", &poor).await.body["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    h.finish().await;
+}
+both!(billing_t, billing_shares);
+
+async fn validation_and_limits(b: Backend) {
+    let h = Harness::start_with(b, true, |c| {
+        c.rate_limit_per_sec = 0.5;
+        c.rate_limit_burst = 3.0;
+        c.max_payload_bytes = 64 * 1024;
+    })
+    .await;
+    let (_, user) = h.user(1000).await;
+    let r = h.post("/api/v1/jobs", &user, json!({"input": {}})).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["error"]["code"], "invalid_request");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("workload_id"));
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 42, "input": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["error"]["fields"][0]["field"], "workload_id");
+    // rate limit: the 4th request within a second is refused
+    assert_eq!(h.get("/api/v1/account", &user).await.status, 200);
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": "x".repeat(100 * 1024)}),
+        )
+        .await;
+    assert_eq!(r.status, 429, "bucket of 3 is empty: {:?}", r.body);
+    assert!(r.headers.get("retry-after").is_some());
+    assert_eq!(r.body["error"]["code"], "rate_limited");
+    // another key has its own bucket; oversized bodies are refused with 413
+    let (_, other) = h.user(1000).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &other,
+            json!({"workload_id": 5, "input": "x".repeat(100 * 1024)}),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    let r = h
+        .call_h(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(&other),
+            None,
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // quoted values never come back in error messages
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &other,
+            json!({"workload_id": "top secret words", "input": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(!r.body.to_string().contains("top secret"), "{}", r.body);
+    h.finish().await;
+}
+both!(validation_t, validation_and_limits);
+
+async fn idempotency_and_cancel(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, user) = h.user(1000).await;
+    let body = json!({"workload_id": 5, "input": {"text": "once"}});
+    let hdr = [("idempotency-key", "abc-123")];
+    let a = h
+        .call_h(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(&user),
+            Some(body.clone()),
+            &hdr,
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    let b2 = h
+        .call_h(Method::POST, "/api/v1/jobs", Some(&user), Some(body), &hdr)
+        .await;
+    assert_eq!(b2.status, 200);
+    assert_eq!(a.body["id"], b2.body["id"]);
+    let c = h
+        .call_h(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(&user),
+            Some(json!({"workload_id": 5, "input": {"text": "other"}})),
+            &hdr,
+        )
+        .await;
+    assert_eq!(c.status, 409);
+    assert_eq!(
+        h.get("/api/v1/account", &user).await.body["held"],
+        10,
+        "held once"
+    );
+    // cancel a queued job: full refund
+    let id = a.body["id"].as_str().unwrap();
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/jobs/{id}"),
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["state"], "cancelled");
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(
+        (acc["balance"].as_i64(), acc["held"].as_i64()),
+        (Some(1000), Some(0))
+    );
+    // cancel a leased job: the island learns on renew and result
+    let (_, it) = h.island(plain_caps()).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": {}}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let l = h.lease(&it, 1000).await;
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            &format!("/api/v1/jobs/{id}"),
+            Some(&user),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/renew"),
+            &it,
+            json!({"lease_id": lease}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["error"]["code"], "job_cancelled");
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/result"),
+            &it,
+            json!({"lease_id": lease, "outcome": "succeeded", "output": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(
+        (acc["balance"].as_i64(), acc["held"].as_i64()),
+        (Some(1000), Some(0))
+    );
+    let r = h
+        .post(
+            "/api/v1/island/heartbeat",
+            &it,
+            heartbeat_body(&plain_caps(), &[&id]),
+        )
+        .await;
+    assert_eq!(r.body["cancel_jobs"], json!([id]));
+    h.finish().await;
+}
+both!(idempotency_t, idempotency_and_cancel);
+
+async fn authorization_matrix(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, alice) = h.user(1000).await;
+    let (_, bob) = h.user(1000).await;
+    let (_, it1) = h.island(plain_caps()).await;
+    let (_, it2) = h.island(plain_caps()).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &alice,
+            json!({"workload_id": 5, "input": {"text": "alice's"}}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // bob sees none of alice's job, keys or ledger
+    assert_eq!(h.get(&format!("/api/v1/jobs/{id}"), &bob).await.status, 404);
+    assert_eq!(
+        h.get(&format!("/api/v1/jobs/{id}/stream"), &bob)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            &format!("/api/v1/jobs/{id}"),
+            Some(&bob),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    assert!(h.get("/api/v1/jobs", &bob).await.body["jobs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let ledger = h.get("/api/v1/account", &bob).await.body["ledger"].clone();
+    assert!(
+        ledger
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["job_id"].is_null()),
+        "{ledger:?}"
+    );
+    // bob cannot use alice's key for a confidential job
+    let (ck, kid) = h.client_key(&alice).await;
+    let (_, ek) = {
+        let (_, t3) = h.island(sim_caps()).await;
+        h.attest(&t3).await
+    };
+    let _ = ek;
+    let r = h
+        .submit_sealed(
+            &bob,
+            &ck,
+            &kid,
+            5,
+            &[SecretKey::generate().public()],
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["error"]["fields"][0]["field"], "encryption_key_id");
+    // island 2 cannot renew, stream into or finish island 1's lease
+    let l = h.lease(&it1, 1000).await;
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/renew"),
+            &it2,
+            json!({"lease_id": lease}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/chunks"),
+            &it2,
+            json!({"lease_id": lease, "seq": 0, "data": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/result"),
+            &it2,
+            json!({"lease_id": lease, "outcome": "succeeded", "output": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(h.job(&alice, &id).await["state"], "assigned");
+    // users and islands cannot use each other's endpoints
+    assert_eq!(h.lease(&alice, 0).await.status, 401);
+    assert_eq!(h.get("/api/v1/account", &it1).await.status, 401);
+    assert_eq!(
+        h.call(Method::POST, "/api/v1/island/lease", None, Some(json!({})))
+            .await
+            .status,
+        401
+    );
+    h.finish().await;
+}
+both!(authz_t, authorization_matrix);
+
+async fn confidential_placement(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, user) = h.user(10_000).await;
+    let (ck, kid) = h.client_key(&user).await;
+    let (ia, ta) = h.island(sim_caps()).await;
+    let (_, tb) = h.island(sim_caps()).await;
+    let (_, tplain) = h.island(plain_caps()).await;
+    let (_, tunattested) = h.island(sim_caps()).await;
+    let (eka, ida) = h.attest(&ta).await;
+    let (_ekb, idb) = h.attest(&tb).await;
+    // enclaves are listed with their evidence for the client to verify
+    let r = h
+        .get("/api/v1/confidential/enclaves?workload_id=5", &user)
+        .await;
+    let list = r.body["enclaves"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let a = list.iter().find(|e| e["key_id"] == ida.as_str()).unwrap();
+    assert_eq!(a["tee_type"], "sim");
+    assert_eq!(a["island_id"], ia.as_str());
+    assert_eq!(a["evidence"]["tee"], "sim");
+    assert!(a["workload_ids"].as_array().unwrap().contains(&json!(5)));
+    assert_eq!(
+        h.get("/api/v1/confidential/enclaves?workload_id=4", &user)
+            .await
+            .body["enclaves"],
+        json!([])
+    );
+    assert_eq!(
+        h.get("/api/v1/confidential/enclaves?workload_id=42", &user)
+            .await
+            .status,
+        404
+    );
+    let s = h.get("/api/v1/confidential/stats", &user).await.body;
+    assert_eq!(s["tee_types"]["sim"], 2);
+    assert_eq!(s["attested_hosts"], 2);
+    // a job sealed to A's enclave only goes to A
+    let r = h
+        .submit_sealed(&user, &ck, &kid, 5, &[eka.public()], json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["confidential"], true);
+    assert_eq!(r.body["mode"], "tee");
+    assert_eq!(r.body["recipients"], json!([ida]));
+    let id = r.body["id"].as_str().unwrap().to_string();
+    for t in [&tb, &tplain, &tunattested] {
+        assert_eq!(h.lease(t, 0).await.status, 204);
+    }
+    let l = h.lease(&ta, 1000).await;
+    assert_eq!(l.status, 200);
+    assert_eq!(l.body["job_id"], id.as_str());
+    assert_eq!(l.body["enclave_key_id"], ida.as_str());
+    assert_eq!(l.body["mode"], "tee");
+    assert_eq!(l.body["input"]["encrypted"], true);
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    // a confidential result must be ciphertext
+    let bad = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/result"),
+            &ta,
+            json!({"lease_id": lease, "outcome": "succeeded", "output": {"text": "plaintext!"}}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let out = json!({"encrypted": true, "key_id": kid, "ciphertext": b64::encode_url(b"sealed-output"), "enclave_key_id": ida, "smuggled": "x"});
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/result"),
+            &ta,
+            json!({"lease_id": lease, "outcome": "succeeded", "output": out, "execution_ms": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let j = h.job(&user, &id).await;
+    assert_eq!(j["output"]["encrypted"], true);
+    assert!(
+        j["output"].get("smuggled").is_none(),
+        "only the sealed shape is stored"
+    );
+    // sealed to two enclaves: either may take it, nobody else
+    let r = h
+        .submit_sealed(
+            &user,
+            &ck,
+            &kid,
+            5,
+            &[eka.public(), _ekb.public()],
+            json!({}),
+        )
+        .await;
+    let id2 = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.lease(&tplain, 0).await.status, 204);
+    let l = h.lease(&tb, 1000).await;
+    assert_eq!(l.body["job_id"], id2.as_str());
+    assert_eq!(l.body["enclave_key_id"], idb.as_str());
+    // mismatched workload in the envelope header is refused
+    let r = h
+        .submit_sealed(
+            &user,
+            &ck,
+            &kid,
+            1,
+            &[eka.public()],
+            json!({"workload_id": 5}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    // garbage ciphertext is refused
+    let r = h
+        .post("/api/v1/jobs", &user, json!({"workload_id": 5, "confidential": true, "encryption_key_id": kid, "input": {"encrypted": true, "key_id": kid, "ciphertext": "AAAA"}}))
+        .await;
+    assert_eq!(r.status, 422);
+    // encrypted input without confidential: true is refused
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": {"encrypted": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    // no recipient live: stays queued until the deadline, then fails telling the client to re-encrypt
+    let gone = SecretKey::generate();
+    let r = h
+        .submit_sealed(
+            &user,
+            &ck,
+            &kid,
+            5,
+            &[gone.public()],
+            json!({"timeout_seconds": 1}),
+        )
+        .await;
+    let id3 = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.lease(&ta, 0).await.status, 204);
+    let j = h.wait_state(&user, &id3, "failed").await;
+    assert_eq!(j["error"]["code"], "no_enclave_available");
+    assert!(j["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("re-encrypt"));
+    assert_eq!(j["cost"], 0);
+    h.finish().await;
+}
+both!(confidential_t, confidential_placement);
+
+async fn sim_refused_without_policy(b: Backend) {
+    let h = Harness::start_with(b, false, |_| {}).await;
+    let (_, user) = h.user(10_000).await;
+    let (ck, kid) = h.client_key(&user).await;
+    let (_, t) = h.island(sim_caps()).await;
+    let ek = SecretKey::generate();
+    let r = h.attest_with(&t, &ek.public(), &h.sim_seed).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"]["code"], "attestation_refused");
+    let r = h
+        .submit_sealed(&user, &ck, &kid, 5, &[ek.public()], json!({}))
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(h.lease(&t, 200).await.status, 204);
+    assert_eq!(
+        h.get("/api/v1/confidential/stats", &user).await.body["attested_hosts"],
+        0
+    );
+    h.finish().await;
+}
+both!(sim_refused_t, sim_refused_without_policy);
+
+async fn attestation_refusals(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, t) = h.island(sim_caps()).await;
+    let (_, t2) = h.island(sim_caps()).await;
+    let ek = SecretKey::generate();
+    // evidence signed by an unknown sim root
+    let r = h.attest_with(&t, &ek.public(), &[3u8; 32]).await;
+    assert_eq!(r.status, 403);
+    // the nonce is single use and bound to the island
+    let ch = h
+        .post("/api/v1/island/attest/challenge", &t, json!({}))
+        .await;
+    let nonce = ch.body["nonce"].as_str().unwrap();
+    let body = json!({"nonce": nonce, "enclave_public_key": ek.public().to_base64(), "key_expires_at": now_secs() + 60,
+        "evidence": {"tee": "sim", "evidence": "AAAA"}});
+    let r = h.post("/api/v1/island/attest", &t2, body.clone()).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let r = h.post("/api/v1/island/attest", &t, body.clone()).await;
+    assert_eq!(r.status, 403, "garbage evidence: {:?}", r.body);
+    let r = h.post("/api/v1/island/attest", &t, body).await;
+    assert_eq!(r.status, 409, "nonce already used");
+    // a key bound to another key's evidence: binding mismatch
+    let ch = h
+        .post("/api/v1/island/attest/challenge", &t, json!({}))
+        .await;
+    let nonce = b64::decode_any(ch.body["nonce"].as_str().unwrap(), 100).unwrap();
+    let expires = now_secs() + 3600;
+    let other = SecretKey::generate();
+    let binding = archipelago_attest::key_binding(other.public().as_bytes(), expires, &nonce);
+    let ev = archipelago_attest::SimEvidenceSource::new(
+        archipelago_attest::SimRoot::from_seed(&h.sim_seed),
+        [7u8; 48],
+    )
+    .collect_at(&binding, now_secs());
+    let r = h
+        .post("/api/v1/island/attest", &t, json!({"nonce": b64::encode_std(&nonce), "enclave_public_key": ek.public().to_base64(),
+            "key_expires_at": expires, "evidence": serde_json::from_str::<Value>(&ev.to_json()).unwrap()}))
+        .await;
+    assert_eq!(r.status, 403);
+    // the heartbeat says attestation is due until one succeeds
+    let hb = h
+        .post(
+            "/api/v1/island/heartbeat",
+            &t,
+            heartbeat_body(&sim_caps(), &[]),
+        )
+        .await;
+    assert_eq!(hb.body["attestation_due"], true);
+    h.attest(&t).await;
+    let hb = h
+        .post(
+            "/api/v1/island/heartbeat",
+            &t,
+            heartbeat_body(&sim_caps(), &[]),
+        )
+        .await;
+    assert_eq!(hb.body["attestation_due"], false);
+    // one enclave key cannot be claimed by a second island
+    let (ek1, _) = h.attest(&t).await;
+    let r = h.attest_with(&t2, &ek1.public(), &h.sim_seed).await;
+    assert_eq!(r.status, 409);
+    h.finish().await;
+}
+both!(attestation_t, attestation_refusals);
+
+async fn he_placement(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, user) = h.user(10_000).await;
+    let he = b64::encode_std(&[5u8; 128]);
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &user,
+            json!({"public_key": he, "kind": "he-bfv"}),
+        )
+        .await;
+    let kid = r.body["key_id"].as_str().unwrap().to_string();
+    let (_, tplain) = h.island(plain_caps()).await;
+    let (_, the) = h.island(he_caps()).await;
+    let body = json!({"workload_id": 4, "confidential": true, "encryption_key_id": kid,
+        "input": {"encrypted": true, "key_id": kid, "ciphertext": b64::encode_url(&[1u8; 64])}});
+    let r = h.post("/api/v1/jobs", &user, body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["mode"], "he");
+    assert_eq!(h.lease(&tplain, 0).await.status, 204);
+    let l = h.lease(&the, 1000).await;
+    assert_eq!(l.status, 200);
+    assert_eq!(l.body["mode"], "he");
+    let r = h.get(&format!("/api/v1/island/he-keys/{kid}"), &the).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["public_key"], he);
+    // he-aggregate has no plain mode
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 4, "input": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let s = h.get("/api/v1/confidential/stats", &user).await.body;
+    assert_eq!(s["he_capable_hosts"], 1);
+    h.finish().await;
+}
+both!(he_t, he_placement);
+
+async fn lease_expiry_and_requeue(b: Backend) {
+    let h = Harness::start_with(b, true, |c| {
+        c.lease_secs = 1;
+        c.offline_after_secs = 1;
+    })
+    .await;
+    let (_, user) = h.user(10_000).await;
+    let (_, t1) = h.island(plain_caps()).await;
+    let (_, t2) = h.island(plain_caps()).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": {}}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let l = h.lease(&t1, 1000).await;
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    // renewals keep it
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        h.post(
+            &format!("/api/v1/island/jobs/{id}/renew"),
+            &t1,
+            json!({"lease_id": lease})
+        )
+        .await
+        .status,
+        200
+    );
+    // then island 1 goes silent: the job returns to the queue
+    let j = h.wait_state(&user, &id, "queued").await;
+    assert_eq!(j["attempts"], 1);
+    // the island that lost it may not lease it again, another may
+    assert_eq!(h.lease(&t1, 0).await.status, 204);
+    let l2 = h.lease(&t2, 1000).await;
+    assert_eq!(l2.body["job_id"], id.as_str());
+    // the late result of island 1 is refused
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/result"),
+            &t1,
+            json!({"lease_id": lease, "outcome": "succeeded", "output": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["error"]["code"], "lease_lost");
+    let lease2 = l2.body["lease_id"].as_str().unwrap().to_string();
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{id}/result"),
+            &t2,
+            json!({"lease_id": lease2, "outcome": "succeeded", "output": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // islands without heartbeats go offline
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let isl = h.get("/api/v1/islands", &user).await.body;
+    assert!(isl["islands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["status"] == "offline"));
+    let m = h
+        .call(Method::GET, "/metrics", None, None)
+        .await
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        m.contains("archipelago_lease_expiries_total 1")
+            || m.contains("archipelago_lease_expiries_total 2"),
+        "{m}"
+    );
+
+    // TEE: with its only recipient's island gone, the job fails and tells the client to re-encrypt
+    let (ck, kid) = h.client_key(&user).await;
+    let (_, ts) = h.island(sim_caps()).await;
+    let (ek, _) = h.attest(&ts).await;
+    let r = h
+        .submit_sealed(&user, &ck, &kid, 5, &[ek.public()], json!({}))
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.lease(&ts, 1000).await.status, 200);
+    let j = h.wait_state(&user, &id, "failed").await;
+    assert_eq!(j["error"]["code"], "no_enclave_available");
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(acc["held"], 0, "every hold settled");
+    h.finish().await;
+}
+both!(lease_expiry_t, lease_expiry_and_requeue);
+
+async fn conservation(b: Backend) {
+    let h = Harness::start_with(b, true, |c| {
+        c.lease_secs = 1;
+        c.max_attempts = 1;
+    })
+    .await;
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        users.push(h.user(5_000).await.1);
+    }
+    let (_, it) = h.island(plain_caps()).await;
+    let mut rng = rand::thread_rng();
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let u = &users[i % users.len()];
+        let w = [1, 2, 3, 5][rng.gen_range(0..4)];
+        let r = h
+            .post(
+                "/api/v1/jobs",
+                u,
+                json!({"workload_id": w, "input": {"n": i}}),
+            )
+            .await;
+        assert!(r.status == 201 || r.status == 402, "{:?}", r.body);
+        if r.status == 201 {
+            ids.push((u.clone(), r.body["id"].as_str().unwrap().to_string()));
+        }
+    }
+    let mut lapsed = 0;
+    for (u, id) in &ids {
+        if rng.gen_range(0..5) == 0 {
+            let _ = h
+                .call(Method::DELETE, &format!("/api/v1/jobs/{id}"), Some(u), None)
+                .await;
+            continue;
+        }
+        let l = h.lease(&it, 500).await;
+        if l.status != 200 {
+            continue;
+        }
+        let jid = l.body["job_id"].as_str().unwrap().to_string();
+        let lease = l.body["lease_id"].as_str().unwrap().to_string();
+        let url = format!("/api/v1/island/jobs/{jid}/result");
+        match rng.gen_range(0..4) {
+            0 => {
+                h.post(
+                    &url,
+                    &it,
+                    json!({"lease_id": lease, "outcome": "failed", "execution_ms": 3}),
+                )
+                .await;
+            }
+            1 => lapsed += 1,
+            _ => {
+                let ms = rng.gen_range(0..5000);
+                let r = h.post(&url, &it, json!({"lease_id": lease, "outcome": "succeeded", "execution_ms": ms, "output": {}})).await;
+                assert_eq!(r.status, 200);
+                // retries settle nothing more
+                h.post(&url, &it, json!({"lease_id": lease, "outcome": "succeeded", "execution_ms": ms, "output": {}})).await;
+            }
+        }
+    }
+    // cancel what is still queued, let lapsed leases expire
+    for (u, id) in &ids {
+        let _ = h
+            .call(Method::DELETE, &format!("/api/v1/jobs/{id}"), Some(u), None)
+            .await;
+    }
+    if lapsed > 0 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    for (u, id) in &ids {
+        let j = h.job(u, id).await;
+        assert!(
+            ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap()),
+            "{j:?}"
+        );
+    }
+    let t = h.store.ledger_totals().await.unwrap();
+    assert_eq!(t.sum, 0, "every ledger transaction balances");
+    assert_eq!(t.held, 0, "no holds left");
+    assert_eq!(t.projected_available, t.available);
+    assert_eq!(t.projected_held, t.held);
+    assert_eq!(t.issued, 1_000_000 + 3 * 5_000);
+    assert_eq!(
+        t.available + t.platform,
+        t.issued,
+        "balances + platform = credits granted"
+    );
+    let mut sum = 0;
+    for a in h.store.accounts().await.unwrap() {
+        sum += a.balance;
+    }
+    assert_eq!(sum + t.platform, t.issued);
+    h.finish().await;
+}
+both!(conservation_t, conservation);
+
+/// Two replicas on one PostgreSQL database: a job submitted to one wakes an
+/// island long-polling the other at once (LISTEN/NOTIFY), not at its next
+/// one-second re-check, and exactly one island gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_queue_postgres() {
+    let h = Harness::start(Backend::Postgres).await;
+    let (base_b, stop_b) = h.replica().await;
+    let (_, user) = h.user(1000).await;
+    let (_, it) = h.island(plain_caps()).await;
+    let (_, it2) = h.island(plain_caps()).await;
+    let http = h.http.clone();
+    let poll = |token: String| {
+        let (http, base) = (http.clone(), base_b.clone());
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let r = http
+                .post(format!("{base}/api/v1/island/lease"))
+                .bearer_auth(token)
+                .json(&json!({"wait_ms": 5000}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), t0)
+        })
+    };
+    let p1 = poll(it.clone());
+    let p2 = poll(it2.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let submitted = std::time::Instant::now();
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // whichever island wins, it wins fast; the other times out with 204
+    let (s1, _) = p1.await.unwrap();
+    let (s2, _) = p2.await.unwrap();
+    let mut statuses = [s1, s2];
+    statuses.sort();
+    assert_eq!(statuses, [200, 204]);
+    let j = h.job(&user, r.body["id"].as_str().unwrap()).await;
+    assert_eq!(j["state"], "assigned");
+    let leased_at = j["updated_at"].as_i64().unwrap();
+    let created_at = j["created_at"].as_i64().unwrap();
+    assert!(
+        leased_at - created_at < 600,
+        "cross-replica wake-up took {} ms (NOTIFY not delivered?)",
+        leased_at - created_at
+    );
+    let _ = submitted;
+    let _ = stop_b.send(());
+    h.finish().await;
+}

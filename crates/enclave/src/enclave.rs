@@ -1,0 +1,502 @@
+//! The enclave's logic, free of I/O: answer the island's requests with
+//! channel messages. [`crate::serve`] wires it to the framed channel.
+//!
+//! A job goes: header checks against the job → find a held recipient key →
+//! open the envelope → skew window and replay cache → run the workload →
+//! seal every output piece to the client's response key. Anything the
+//! client should read in detail is sealed to it; the island sees only an
+//! [`ErrorCode`].
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use archipelago_attest::{key_binding, EvidenceSource, TeeType};
+use archipelago_proto::channel::{
+    Blob, ErrorCode, FromEnclave, JobRequest, KeyEvidence, KeyInfo, PROTOCOL_VERSION,
+};
+use archipelago_proto::envelope::{
+    open_request, ChunkKind, Expectations, ResponseSealer, MAX_CHUNK_LEN, MAX_ENVELOPE_LEN,
+};
+use archipelago_proto::{peek_header, EnvelopeError};
+use zeroize::Zeroizing;
+
+use crate::freshness::{FreshnessError, ReplayCache, DEFAULT_REPLAY_CAPACITY, DEFAULT_SKEW_SECS};
+use crate::keyring::KeyRing;
+use crate::workload::Workloads;
+
+/// Largest output one job may produce (a whole response must stay within
+/// [`MAX_ENVELOPE_LEN`], streamed pieces included).
+pub const MAX_OUTPUT_LEN: usize = MAX_ENVELOPE_LEN / 2;
+
+/// Schedules and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Seconds between key rotations.
+    pub rotate_secs: u64,
+    /// Seconds an old key keeps opening envelopes after its rotation.
+    pub grace_secs: u64,
+    /// Accepted distance of `issued_at` from the enclave clock, seconds.
+    pub skew_secs: u64,
+    /// Request ids remembered at most.
+    pub replay_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            rotate_secs: 3600,
+            grace_secs: 3600,
+            skew_secs: DEFAULT_SKEW_SECS,
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
+        }
+    }
+}
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded state stays consistent across a panic (each update is a
+    // single call), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The enclave: its keys, evidence source, replay cache and workloads.
+pub struct Enclave {
+    source: Box<dyn EvidenceSource>,
+    measurement: String,
+    keys: Mutex<KeyRing>,
+    replay: Mutex<ReplayCache>,
+    workloads: Workloads,
+}
+
+impl std::fmt::Debug for Enclave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enclave")
+            .field("tee", &self.source.tee_type())
+            .field("measurement", &self.measurement)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enclave {
+    /// An enclave with a fresh key created at `now`. `measurement` is the
+    /// hex measurement reported in `Ready` (empty when only the hardware
+    /// evidence knows it).
+    pub fn new(
+        source: Box<dyn EvidenceSource>,
+        measurement: String,
+        workloads: Workloads,
+        config: Config,
+        now: u64,
+    ) -> Enclave {
+        Enclave {
+            source,
+            measurement,
+            keys: Mutex::new(KeyRing::new(config.rotate_secs, config.grace_secs, now)),
+            replay: Mutex::new(ReplayCache::new(config.replay_capacity, config.skew_secs)),
+            workloads,
+        }
+    }
+
+    /// The TEE type of the evidence source.
+    pub fn tee(&self) -> TeeType {
+        self.source.tee_type()
+    }
+
+    /// Public descriptions of the keys held, newest first.
+    pub fn key_infos(&self) -> Vec<KeyInfo> {
+        lock(&self.keys).infos()
+    }
+
+    /// Answer to `Hello`.
+    pub fn hello(&self, version: u32) -> FromEnclave {
+        if version != PROTOCOL_VERSION {
+            tracing::warn!(
+                version,
+                supported = PROTOCOL_VERSION,
+                "island speaks another channel version"
+            );
+            return FromEnclave::Failed {
+                code: ErrorCode::Unsupported,
+            };
+        }
+        FromEnclave::Ready {
+            version: PROTOCOL_VERSION,
+            tee: self.tee().as_str().to_owned(),
+            measurement: self.measurement.clone(),
+            keys: self.key_infos(),
+            workloads: self.workloads.ids(),
+        }
+    }
+
+    /// Answer to `Attest`: fresh evidence binding each key, its expiry and
+    /// the nonce.
+    pub fn attest(&self, nonce: &[u8]) -> FromEnclave {
+        let infos = self.key_infos();
+        let mut keys = Vec::with_capacity(infos.len());
+        for key in infos {
+            let binding = key_binding(&key.public_key, key.expires_at, nonce);
+            match self.source.collect(&binding) {
+                Ok(evidence) => keys.push(KeyEvidence {
+                    key,
+                    evidence: Blob(evidence.to_json().into_bytes()),
+                }),
+                Err(e) => {
+                    tracing::error!(tee = %self.tee(), error = %e, "evidence collection failed");
+                    return FromEnclave::Failed {
+                        code: ErrorCode::EvidenceUnavailable,
+                    };
+                }
+            }
+        }
+        tracing::info!(
+            keys = keys.len(),
+            nonce_len = nonce.len(),
+            "evidence produced"
+        );
+        FromEnclave::Evidence {
+            nonce: Blob(nonce.to_vec()),
+            keys,
+        }
+    }
+
+    /// Answer to `Rotate`: a new current key now.
+    pub fn rotate(&self, now: u64) -> FromEnclave {
+        let mut ring = lock(&self.keys);
+        ring.rotate(now);
+        ring.tick(now);
+        FromEnclave::Rotated { keys: ring.infos() }
+    }
+
+    /// Applies the rotation schedule; `Some(KeysChanged)` when keys changed.
+    pub fn tick(&self, now: u64) -> Option<FromEnclave> {
+        let mut ring = lock(&self.keys);
+        ring.tick(now)
+            .then(|| FromEnclave::KeysChanged { keys: ring.infos() })
+    }
+
+    /// Runs a job, handing each outgoing message to `emit`; always ends with
+    /// exactly one `JobDone` or `JobFailed`.
+    pub fn run_job(&self, job: &JobRequest, now: u64, emit: &mut dyn FnMut(FromEnclave)) {
+        let start = Instant::now();
+        let outcome = self.job_inner(job, now, start, emit);
+        let exec_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match outcome {
+            Ok(()) => {
+                tracing::info!(job_id = %job.job_id, exec_ms, "job done");
+                emit(FromEnclave::JobDone {
+                    job_id: job.job_id.clone(),
+                    exec_ms,
+                });
+            }
+            Err((code, sealed_error)) => {
+                tracing::warn!(job_id = %job.job_id, code = code.as_str(), sealed_error, exec_ms, "job failed");
+                emit(FromEnclave::JobFailed {
+                    job_id: job.job_id.clone(),
+                    code,
+                    sealed_error,
+                });
+            }
+        }
+    }
+
+    fn job_inner(
+        &self,
+        job: &JobRequest,
+        now: u64,
+        start: Instant,
+        emit: &mut dyn FnMut(FromEnclave),
+    ) -> Result<(), (ErrorCode, bool)> {
+        let unsealed = |code| (code, false);
+        let header = peek_header(&job.envelope).map_err(|e| unsealed(envelope_code(&e)))?;
+        if header.workload_id != job.workload_id {
+            return Err(unsealed(ErrorCode::WorkloadMismatch));
+        }
+        if header.client_key_id != job.client_key_id {
+            return Err(unsealed(ErrorCode::ClientKeyMismatch));
+        }
+        let key = lock(&self.keys)
+            .find(&header.recipients)
+            .ok_or(unsealed(ErrorCode::NotARecipient))?;
+        let opened = open_request(
+            &job.envelope,
+            key.secret(),
+            &Expectations {
+                workload_id: Some(job.workload_id),
+                client_key_id: Some(&job.client_key_id),
+            },
+        )
+        .map_err(|e| unsealed(envelope_code(&e)))?;
+        let body = opened.body;
+        tracing::info!(
+            job_id = %job.job_id,
+            workload_id = job.workload_id,
+            key_id = %key.id(),
+            envelope_len = job.envelope.len(),
+            input_len = body.input().len(),
+            "envelope opened"
+        );
+
+        let fresh = lock(&self.replay).check_and_insert(body.request_id, body.issued_at, now);
+        let (mut sealer, header_bytes) =
+            ResponseSealer::new(key.secret(), &body.response_key, body.request_id)
+                .map_err(|_| unsealed(ErrorCode::Internal))?;
+        let mut send_header = Some(header_bytes);
+        let job_id = &job.job_id;
+        let mut send = |bytes: Vec<u8>, emit: &mut dyn FnMut(FromEnclave)| {
+            if let Some(h) = send_header.take() {
+                emit(FromEnclave::ResponseHeader {
+                    job_id: job_id.clone(),
+                    bytes: Blob(h),
+                });
+            }
+            emit(FromEnclave::ResponseChunk {
+                job_id: job_id.clone(),
+                bytes: Blob(bytes),
+            });
+        };
+        match fresh {
+            Ok(()) => {}
+            Err(FreshnessError::Replay) => return Err(unsealed(ErrorCode::Replay)),
+            Err(FreshnessError::Full { .. }) => return Err(unsealed(ErrorCode::Busy)),
+            Err(stale @ FreshnessError::Stale { .. }) => {
+                let report = error_report(ErrorCode::Stale, &stale.to_string());
+                let chunk = sealer
+                    .seal_chunk(&report, ChunkKind::Error, true)
+                    .map_err(|_| unsealed(ErrorCode::Internal))?;
+                send(chunk, emit);
+                return Err((ErrorCode::Stale, true));
+            }
+        }
+
+        // Run, sealing streamed pieces as they come.
+        let mut streamed = 0usize;
+        let mut stream_err: Option<ErrorCode> = None;
+        let result = {
+            let mut sink = |piece: &[u8]| {
+                if !job.stream || stream_err.is_some() {
+                    return;
+                }
+                streamed += piece.len();
+                if streamed > MAX_OUTPUT_LEN {
+                    stream_err = Some(ErrorCode::WorkloadFailed);
+                    return;
+                }
+                for part in piece.chunks(MAX_CHUNK_LEN) {
+                    match sealer.seal_chunk(part, ChunkKind::Data, false) {
+                        Ok(c) => send(c, emit),
+                        Err(_) => {
+                            stream_err = Some(ErrorCode::Internal);
+                            return;
+                        }
+                    }
+                }
+            };
+            self.workloads.run(job.workload_id, body.input(), &mut sink)
+        };
+        let run_ms = start.elapsed().as_millis();
+        let outcome: Result<_, (ErrorCode, Zeroizing<String>)> = match (stream_err, result) {
+            (Some(code), _) if streamed > MAX_OUTPUT_LEN => Err((
+                code,
+                Zeroizing::new(format!(
+                    "the streamed output exceeds the {MAX_OUTPUT_LEN}-byte limit of a response"
+                )),
+            )),
+            (Some(code), _) => Err((
+                code,
+                Zeroizing::new("sealing a streamed chunk failed".to_owned()),
+            )),
+            (None, Ok(out)) if out.len().saturating_add(streamed) <= MAX_OUTPUT_LEN => Ok(out),
+            (None, Ok(out)) => Err((
+                ErrorCode::WorkloadFailed,
+                Zeroizing::new(format!(
+                    "the output of {} bytes exceeds the {MAX_OUTPUT_LEN}-byte limit of a response",
+                    out.len()
+                )),
+            )),
+            (None, Err(e)) => Err((e.code, Zeroizing::new(e.message().to_owned()))),
+        };
+        match outcome {
+            Ok(out) => {
+                tracing::info!(job_id = %job.job_id, output_len = out.len(), streamed, run_ms, "workload finished");
+                let mut pieces = out.chunks(MAX_CHUNK_LEN).peekable();
+                if pieces.peek().is_none() {
+                    let c = sealer
+                        .seal_chunk(&[], ChunkKind::Data, true)
+                        .map_err(|_| unsealed(ErrorCode::Internal))?;
+                    send(c, emit);
+                }
+                while let Some(piece) = pieces.next() {
+                    let last = pieces.peek().is_none();
+                    let c = sealer
+                        .seal_chunk(piece, ChunkKind::Data, last)
+                        .map_err(|_| unsealed(ErrorCode::Internal))?;
+                    send(c, emit);
+                }
+                Ok(())
+            }
+            Err((code, message)) => {
+                let report = error_report(code, &message);
+                let c = sealer
+                    .seal_chunk(&report, ChunkKind::Error, true)
+                    .map_err(|_| unsealed(ErrorCode::Internal))?;
+                send(c, emit);
+                Err((code, true))
+            }
+        }
+    }
+}
+
+/// The error report sealed to the client:
+/// `{"error": {"code": "...", "message": "..."}}`.
+fn error_report(code: ErrorCode, message: &str) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        serde_json::to_vec(&serde_json::json!({
+            "error": { "code": code.as_str(), "message": message }
+        }))
+        .unwrap_or_default(),
+    )
+}
+
+/// The channel code for an envelope refusal.
+pub fn envelope_code(e: &EnvelopeError) -> ErrorCode {
+    match e {
+        EnvelopeError::NotARecipient(_) => ErrorCode::NotARecipient,
+        EnvelopeError::WorkloadMismatch { .. } => ErrorCode::WorkloadMismatch,
+        EnvelopeError::ClientKeyMismatch { .. } => ErrorCode::ClientKeyMismatch,
+        _ => ErrorCode::BadEnvelope,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archipelago_attest::{Evidence, EvidenceError, SimEvidenceSource, SimRoot};
+    use archipelago_proto::envelope::{open_response, seal_request, RequestBody};
+    use archipelago_proto::SecretKey;
+
+    struct Broken;
+    impl EvidenceSource for Broken {
+        fn tee_type(&self) -> TeeType {
+            TeeType::Sev
+        }
+        fn collect(&self, _: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+            Err(EvidenceError::Io {
+                tee: TeeType::Sev,
+                path: "/sys/kernel/config/tsm/report".into(),
+                detail: "absent".into(),
+            })
+        }
+    }
+
+    fn sim() -> Enclave {
+        let src = SimEvidenceSource::new(SimRoot::from_seed(&[1; 32]), [2; 48]);
+        Enclave::new(
+            Box::new(src),
+            hex::encode([2u8; 48]),
+            Workloads::new(None),
+            Config::default(),
+            unix_now(),
+        )
+    }
+
+    fn job(client: &SecretKey, envelope: Vec<u8>) -> JobRequest {
+        JobRequest {
+            job_id: "j1".into(),
+            workload_id: 5,
+            client_key_id: client.client_id(),
+            envelope: Blob(envelope),
+            stream: false,
+        }
+    }
+
+    #[test]
+    fn evidence_failure_is_a_code() {
+        let e = Enclave::new(
+            Box::new(Broken),
+            String::new(),
+            Workloads::new(None),
+            Config::default(),
+            0,
+        );
+        assert_eq!(
+            e.attest(&[1; 32]),
+            FromEnclave::Failed {
+                code: ErrorCode::EvidenceUnavailable
+            }
+        );
+    }
+
+    #[test]
+    fn job_runs_once_and_replay_is_refused() {
+        let e = sim();
+        let client = SecretKey::generate();
+        let ek = e.key_infos()[0].public_key;
+        let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public());
+        let env = seal_request(&body, &[archipelago_proto::PublicKey(ek)]).unwrap();
+        let mut frames = Vec::new();
+        e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
+            frames.push(m)
+        });
+        let mut whole = Vec::new();
+        for f in &frames {
+            if let FromEnclave::ResponseHeader { bytes, .. }
+            | FromEnclave::ResponseChunk { bytes, .. } = f
+            {
+                whole.extend_from_slice(bytes);
+            }
+        }
+        assert!(matches!(frames.last(), Some(FromEnclave::JobDone { .. })));
+        let (_, out) = open_response(
+            &whole,
+            &client,
+            &archipelago_proto::PublicKey(ek),
+            &body.request_id,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"text": "ABC", "chars": 3}));
+        let mut again = Vec::new();
+        e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
+        assert_eq!(
+            again,
+            vec![FromEnclave::JobFailed {
+                job_id: "j1".into(),
+                code: ErrorCode::Replay,
+                sealed_error: false
+            }]
+        );
+    }
+
+    #[test]
+    fn envelope_errors_map_to_codes() {
+        assert_eq!(
+            envelope_code(&EnvelopeError::NotARecipient("ek_x".into())),
+            ErrorCode::NotARecipient
+        );
+        assert_eq!(
+            envelope_code(&EnvelopeError::BodyAuthFailed),
+            ErrorCode::BadEnvelope
+        );
+        let e = sim();
+        let client = SecretKey::generate();
+        let mut frames = Vec::new();
+        e.run_job(&job(&client, b"not an envelope".to_vec()), 0, &mut |m| {
+            frames.push(m)
+        });
+        assert!(matches!(
+            frames[..],
+            [FromEnclave::JobFailed {
+                code: ErrorCode::BadEnvelope,
+                sealed_error: false,
+                ..
+            }]
+        ));
+    }
+}

@@ -1,0 +1,142 @@
+//! `archipelago-enclave`: the trusted enclave process.
+//!
+//! `run` serves the island ↔ enclave channel on stdin/stdout (stdout carries
+//! only channel frames; the log goes to stderr and never holds plaintext).
+//! `measure` prints the sim enclave's measurement for a policy to pin.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use archipelago_attest::{EvidenceSource, SimEvidenceSource, SimRoot, TeeType};
+use archipelago_enclave::enclave::unix_now;
+use archipelago_enclave::{measure, serve, Config, Enclave, ServeOptions, Workloads};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "archipelago-enclave",
+    version,
+    about = "Archipelago trusted enclave runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the island channel on stdin/stdout.
+    Run(RunArgs),
+    /// Print the sim measurement (SHA-384 of this binary and the model files, hex).
+    Measure {
+        /// Models directory (the same one `run` gets).
+        #[arg(long, env = "ARCHIPELAGO_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// TEE whose evidence source to use: sim (software), or a hardware TEE.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_TEE", default_value = "sim")]
+    tee: TeeType,
+    /// Sim root key file (archipelago-sim-root-v1), required for --tee sim.
+    #[arg(long, env = "ARCHIPELAGO_SIM_ROOT")]
+    sim_root: Option<PathBuf>,
+    /// Models directory; without it only the echo workload runs.
+    #[arg(long, env = "ARCHIPELAGO_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Seconds between enclave key rotations.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_ROTATE_SECS", default_value_t = 3600)]
+    rotate_secs: u64,
+    /// Seconds an old key still opens envelopes after its rotation.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_GRACE_SECS", default_value_t = 3600)]
+    grace_secs: u64,
+    /// Accepted distance of a request's issued_at from the enclave clock.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_SKEW_SECS", default_value_t = 300)]
+    skew_secs: u64,
+    /// Request ids remembered by the replay cache.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_REPLAY_CAPACITY", default_value_t = 1 << 20)]
+    replay_capacity: usize,
+    /// Jobs run at once.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_MAX_JOBS", default_value_t = 2)]
+    max_jobs: usize,
+    /// Milliseconds between checks of the rotation schedule.
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_TICK_MS", default_value_t = 1000)]
+    tick_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Measure { models_dir } => {
+            let workloads = Workloads::new(models_dir.as_deref());
+            println!(
+                "{}",
+                measure::measurement_hex(&workloads)
+                    .context("measuring the enclave binary and model files")?
+            );
+            Ok(())
+        }
+        Cmd::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let workloads = Workloads::new(args.models_dir.as_deref());
+    let (source, measurement): (Box<dyn EvidenceSource>, String) = match args.tee {
+        TeeType::Sim => {
+            let path = args
+                .sim_root
+                .as_deref()
+                .context("--tee sim needs --sim-root FILE (or ARCHIPELAGO_SIM_ROOT)")?;
+            let root = SimRoot::load(path)?;
+            let hex = measure::measurement_hex(&workloads)
+                .context("measuring the enclave binary and model files")?;
+            let mut m = [0u8; 48];
+            hex::decode_to_slice(&hex, &mut m).context("measurement is not 48 bytes")?;
+            (Box::new(SimEvidenceSource::new(root, m)), hex)
+        }
+        other => bail!(
+            "no evidence source for {other} is built into this enclave yet; use --tee sim on a host without a supported TEE"
+        ),
+    };
+    let config = Config {
+        rotate_secs: args.rotate_secs.max(1),
+        grace_secs: args.grace_secs,
+        skew_secs: args.skew_secs,
+        replay_capacity: args.replay_capacity.max(1),
+    };
+    tracing::info!(
+        tee = %source.tee_type(),
+        measurement = %measurement,
+        workloads = ?workloads.ids(),
+        rotate_secs = config.rotate_secs,
+        grace_secs = config.grace_secs,
+        skew_secs = config.skew_secs,
+        "enclave starting"
+    );
+    let enclave = Arc::new(Enclave::new(
+        source,
+        measurement,
+        workloads,
+        config,
+        unix_now(),
+    ));
+    let opts = ServeOptions {
+        max_jobs: args.max_jobs.max(1),
+        tick: Duration::from_millis(args.tick_ms.max(10)),
+    };
+    serve(enclave, std::io::stdin().lock(), std::io::stdout(), opts)?;
+    tracing::info!("enclave stopped; keys zeroized");
+    Ok(())
+}
