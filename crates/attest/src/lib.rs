@@ -28,9 +28,11 @@ pub use error::{AttestError, VerifyError};
 pub use evidence::{Evidence, EvidenceFormatError};
 pub use policy::{Policy, PolicyError, PolicyRefusal, TeePolicy};
 pub use result::{refusal_json, result_json, result_text, AttestationResult, NitroFields, TcbInfo};
+#[cfg(feature = "nsm")]
+pub use source::NitroNsmSource;
 pub use source::{
     measure_files, ConfigFsTsmSource, EvidenceError, EvidenceSource, GramineSgxSource,
-    SimEvidenceSource,
+    SimEvidenceSource, DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT,
 };
 pub use tee::{TeeType, UnknownTeeType};
 pub use verify::sim::{SimClaims, SimRoot, SimRootError};

@@ -10,7 +10,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use archipelago_attest::{key_binding, EvidenceSource, TeeType};
+use archipelago_attest::{EvidenceSource, TeeType};
 use archipelago_proto::channel::{
     Blob, ErrorCode, FromEnclave, JobRequest, KeyEvidence, KeyInfo, PROTOCOL_VERSION,
 };
@@ -141,8 +141,10 @@ impl Enclave {
         let infos = self.key_infos();
         let mut keys = Vec::with_capacity(infos.len());
         for key in infos {
-            let binding = key_binding(&key.public_key, key.expires_at, nonce);
-            match self.source.collect(&binding) {
+            match self
+                .source
+                .collect_for_key(&key.public_key, key.expires_at, nonce)
+            {
                 Ok(evidence) => keys.push(KeyEvidence {
                     key,
                     evidence: Blob(evidence.to_json().into_bytes()),

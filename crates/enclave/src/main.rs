@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use archipelago_attest::{EvidenceSource, SimEvidenceSource, SimRoot, TeeType};
+use archipelago_attest::{
+    ConfigFsTsmSource, EvidenceSource, GramineSgxSource, NitroNsmSource, SimEvidenceSource,
+    SimRoot, TeeType, DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT,
+};
 use archipelago_enclave::enclave::unix_now;
 use archipelago_enclave::{measure, serve, Config, Enclave, ServeOptions, Workloads};
 use clap::{Parser, Subcommand};
@@ -106,8 +109,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             hex::decode_to_slice(&hex, &mut m).context("measurement is not 48 bytes")?;
             (Box::new(SimEvidenceSource::new(root, m)), hex)
         }
+        // Hardware TEEs: the platform measures the enclave; its evidence
+        // carries the measurement, so none is computed here.
+        tee @ (TeeType::Sev | TeeType::Tdx) => (
+            Box::new(
+                ConfigFsTsmSource::new(DEFAULT_TSM_ROOT, tee)
+                    .context("configfs-tsm evidence source")?,
+            ),
+            String::new(),
+        ),
+        TeeType::Sgx => (
+            Box::new(GramineSgxSource::new(DEFAULT_GRAMINE_ROOT)),
+            String::new(),
+        ),
+        TeeType::Nitro => (
+            Box::new(NitroNsmSource::open().context("Nitro NSM evidence source")?),
+            String::new(),
+        ),
         other => bail!(
-            "no evidence source for {other} is built into this enclave yet; use --tee sim on a host without a supported TEE"
+            "no evidence source for {other} is built into this enclave; \
+             supported: sev and tdx (configfs-tsm), sgx (Gramine), nitro (NSM), sim"
         ),
     };
     let config = Config {

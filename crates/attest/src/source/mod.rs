@@ -10,10 +10,14 @@
 
 mod configfs;
 mod gramine;
+#[cfg(feature = "nsm")]
+mod nitro;
 mod sim;
 
 pub use configfs::{vcek_from_cert_table, ConfigFsTsmSource, DEFAULT_TSM_ROOT};
 pub use gramine::{GramineSgxSource, DEFAULT_GRAMINE_ROOT};
+#[cfg(feature = "nsm")]
+pub use nitro::NitroNsmSource;
 pub use sim::{measure_files, SimEvidenceSource};
 
 use crate::{Evidence, TeeType};
@@ -56,4 +60,15 @@ pub trait EvidenceSource: Send + Sync {
     fn tee_type(&self) -> TeeType;
     /// Produce evidence whose report data is `report_data`.
     fn collect(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError>;
+    /// Produce evidence binding an enclave key: by default report data =
+    /// [`crate::key_binding`]`(ek_public, expires_at, nonce)`; TEEs with
+    /// separate fields (Nitro) override this to fill them.
+    fn collect_for_key(
+        &self,
+        ek_public: &[u8; 32],
+        expires_at: u64,
+        nonce: &[u8],
+    ) -> Result<Evidence, EvidenceError> {
+        self.collect(&crate::key_binding(ek_public, expires_at, nonce))
+    }
 }
