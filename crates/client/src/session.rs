@@ -272,23 +272,7 @@ fn open_header(
             archipelago_proto::EnvelopeError::RequestIdMismatch,
         ));
     }
-    let recipient = record
-        .recipients
-        .iter()
-        .find(|r| r.key_id == view.enclave_key_id.as_str())
-        .ok_or_else(|| ClientError::UnexpectedEnclave {
-            found: view.enclave_key_id.to_string(),
-            expected: record
-                .recipients
-                .iter()
-                .map(|r| r.key_id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let pk = PublicKey::from_base64(&recipient.public_key).map_err(|_| ClientError::Protocol {
-        what: "request record".into(),
-        detail: "recipient public key is not base64".into(),
-    })?;
+    let pk = recipient_key(record, &view.enclave_key_id)?;
     let opener = ResponseOpener::new(header, key, &pk, &expected_id)?;
     Ok((opener, view.enclave_key_id))
 }
@@ -333,23 +317,7 @@ pub fn open_payload(
             });
         }
     }
-    let recipient = record
-        .recipients
-        .iter()
-        .find(|r| r.key_id == view.enclave_key_id.as_str())
-        .ok_or_else(|| ClientError::UnexpectedEnclave {
-            found: view.enclave_key_id.to_string(),
-            expected: record
-                .recipients
-                .iter()
-                .map(|r| r.key_id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let pk = PublicKey::from_base64(&recipient.public_key).map_err(|_| ClientError::Protocol {
-        what: "request record".into(),
-        detail: "recipient public key is not base64".into(),
-    })?;
+    let pk = recipient_key(record, &view.enclave_key_id)?;
     let (kind, data) = open_response(&bytes, key, &pk, &expected_id)?;
     if kind == ChunkKind::Error {
         return Err(ClientError::EnclaveReported {
@@ -775,6 +743,28 @@ impl Session {
 /// Terminal job states.
 pub fn is_terminal(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// The public key of the recipient enclave that a response says wrote it,
+/// refused unless it is one this machine chose for the request.
+fn recipient_key(record: &RequestRecord, enclave_key_id: &KeyId) -> Result<PublicKey, ClientError> {
+    let recipient = record
+        .recipients
+        .iter()
+        .find(|r| r.key_id == enclave_key_id.as_str())
+        .ok_or_else(|| ClientError::UnexpectedEnclave {
+            found: enclave_key_id.to_string(),
+            expected: record
+                .recipients
+                .iter()
+                .map(|r| r.key_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    PublicKey::from_base64(&recipient.public_key).map_err(|_| ClientError::Protocol {
+        what: "request record".into(),
+        detail: "recipient public key is not base64".into(),
+    })
 }
 
 #[cfg(test)]
