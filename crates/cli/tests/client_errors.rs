@@ -172,3 +172,42 @@ fn gateway_refuses_non_loopback_without_flag_and_token() {
         "error: configuration: refusing to listen on 0.0.0.0:8099 without a token: pass --token <secret of at least 16 characters>\n"
     );
 }
+
+#[test]
+fn passphrase_prompt_needs_a_terminal() {
+    let home = tempfile::tempdir().unwrap();
+    let o = archipelago(
+        home.path(),
+        &["keys", "create", "--no-register", "--passphrase"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o, home.path()),
+        "error: invalid input: --passphrase needs a terminal (no terminal to ask for a passphrase); in scripts use --passphrase-file or ARCHIPELAGO_KEY_PASSPHRASE\n"
+    );
+    // Nothing was created.
+    let o = archipelago(home.path(), &["keys", "list", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o, home.path()));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["keys"].as_array().map(Vec::len), Some(0), "{v}");
+
+    // Scripts seal keys with a passphrase file instead.
+    let pass = home.path().join("pass.txt");
+    std::fs::write(&pass, "correct horse\n").unwrap();
+    let o = archipelago(
+        home.path(),
+        &[
+            "keys",
+            "create",
+            "--no-register",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o, home.path()));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["passphrase_protected"], true);
+}

@@ -48,6 +48,14 @@ impl Passphrase {
     pub fn new(s: impl Into<String>) -> Passphrase {
         Passphrase(Zeroizing::new(s.into()))
     }
+    /// True when nothing was typed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Compares two passphrases (e.g. a typed confirmation).
+    pub fn same_as(&self, other: &Passphrase) -> bool {
+        *self.0 == *other.0
+    }
     /// From `ARCHIPELAGO_KEY_PASSPHRASE`, when set and non-empty.
     pub fn from_env() -> Option<Passphrase> {
         std::env::var("ARCHIPELAGO_KEY_PASSPHRASE")

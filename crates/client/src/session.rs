@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use zeroize::Zeroizing;
 
 use crate::error::ClientError;
+use crate::error::KeystoreError;
 use crate::http::ApiClient;
 use crate::keystore::{Keystore, Passphrase, StoredKey};
 use crate::records::{RecordedRecipient, RequestRecord, RequestRecords};
@@ -336,8 +337,13 @@ pub struct Session {
     recipients: usize,
     records: Option<RequestRecords>,
     passphrase: Option<Passphrase>,
+    passphrase_prompt: Option<PassphrasePrompt>,
     default_key: Option<String>,
 }
+
+/// Asks the user for the passphrase of a sealed key (the CLI reads it from
+/// the terminal). Called with the key id; `None` means "no answer".
+pub type PassphrasePrompt = Box<dyn Fn(&str) -> Option<Passphrase> + Send + Sync>;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,6 +364,7 @@ impl Session {
             recipients: crate::config::DEFAULT_RECIPIENTS,
             records: None,
             passphrase: None,
+            passphrase_prompt: None,
             default_key: None,
         }
     }
@@ -384,6 +391,12 @@ impl Session {
     }
     pub fn with_passphrase(mut self, p: Option<Passphrase>) -> Self {
         self.passphrase = p;
+        self
+    }
+    /// Where to ask for a passphrase when a sealed key is needed and none
+    /// was given (environment or file).
+    pub fn with_passphrase_prompt(mut self, p: Option<PassphrasePrompt>) -> Self {
+        self.passphrase_prompt = p;
         self
     }
     pub fn with_default_key(mut self, k: Option<String>) -> Self {
@@ -413,9 +426,18 @@ impl Session {
         })
     }
 
-    /// Loads a secret key (asking for the passphrase source if sealed).
+    /// Loads a secret key. A sealed key opens with the session's passphrase
+    /// (environment or file); without one, the prompt (if any) is asked.
     pub fn load_key(&self, key_id: &str) -> Result<SecretKey, ClientError> {
-        Ok(self.keystore.load(key_id, self.passphrase.as_ref())?)
+        match self.keystore.load(key_id, self.passphrase.as_ref()) {
+            Err(KeystoreError::PassphraseRequired { .. })
+                if self.passphrase.is_none() && self.passphrase_prompt.is_some() =>
+            {
+                let asked = self.passphrase_prompt.as_ref().and_then(|ask| ask(key_id));
+                Ok(self.keystore.load(key_id, asked.as_ref())?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Creates a key in the keystore and registers its public half.
@@ -772,6 +794,50 @@ mod tests {
     use super::*;
     use crate::verify::tests::{offer, policy_for, sim_root};
     use archipelago_proto::envelope::{open_request, seal_response, ResponseSealer};
+
+    #[test]
+    fn sealed_keys_open_with_the_prompted_passphrase() {
+        let root = sim_root();
+        let d = tempfile::tempdir().unwrap();
+        let session = |prompt: Option<PassphrasePrompt>| {
+            Session::new(
+                ApiClient::new("http://127.0.0.1:1", None).unwrap(),
+                Keystore::open(d.path()).unwrap(),
+                policy_for(&root),
+            )
+            .with_passphrase_prompt(prompt)
+        };
+        let (stored, sk) = session(None)
+            .keystore()
+            .create(None, Some(&Passphrase::new("correct horse")))
+            .unwrap();
+        let id = stored.key_id.as_str();
+        // No passphrase and nobody to ask: the error says what to set.
+        assert!(matches!(
+            session(None).load_key(id),
+            Err(ClientError::Keystore(
+                KeystoreError::PassphraseRequired { .. }
+            ))
+        ));
+        // The prompt is asked with the key id, and its answer opens the key.
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let s = session(Some(Box::new(move |k: &str| {
+            log.lock().unwrap().push(k.to_string());
+            Some(Passphrase::new("correct horse"))
+        })));
+        assert_eq!(
+            s.load_key(id).unwrap().public().to_base64(),
+            sk.public().to_base64()
+        );
+        assert_eq!(asked.lock().unwrap().as_slice(), [id.to_string()]);
+        // A wrong answer is refused as a wrong passphrase, not a missing one.
+        let s = session(Some(Box::new(|_: &str| Some(Passphrase::new("wrong")))));
+        assert!(matches!(
+            s.load_key(id),
+            Err(ClientError::Keystore(KeystoreError::WrongPassphrase { .. }))
+        ));
+    }
 
     fn sealed_fixture() -> (SecretKey, SecretKey, Sealed, Session) {
         let root = sim_root();

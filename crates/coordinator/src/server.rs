@@ -278,8 +278,12 @@ pub fn init_blocking(config: &Config) -> Result<InitOutput, CoordinatorError> {
     runtime()?.block_on(init(config))
 }
 
-/// Binds `config.listen` and serves until SIGINT/SIGTERM (for the CLI).
-pub fn serve_blocking(config: Config) -> Result<(), CoordinatorError> {
+/// Binds `config.listen` and serves until `shutdown` resolves (the CLI
+/// passes its SIGINT/SIGTERM future), then drains requests.
+pub fn serve_blocking(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
     runtime()?.block_on(async move {
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             CoordinatorError::Io(std::io::Error::new(
@@ -288,29 +292,10 @@ pub fn serve_blocking(config: Config) -> Result<(), CoordinatorError> {
             ))
         })?;
         let coordinator = Coordinator::open(config).await?;
-        coordinator.serve(listener, shutdown_signal()).await
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests");
+        };
+        coordinator.serve(listener, shutdown).await
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: draining requests");
 }

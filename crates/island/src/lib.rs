@@ -68,9 +68,12 @@ pub enum IslandError {
     Enclave(#[from] EnclaveError),
 }
 
-/// Runs the agent on its own multi-threaded runtime until SIGINT or
-/// SIGTERM, then drains (what `archipelago island` calls).
-pub fn run_blocking(config: AgentConfig) -> Result<(), IslandError> {
+/// Runs the agent on its own multi-threaded runtime until `shutdown`
+/// resolves (the CLI passes its SIGINT/SIGTERM future), then drains.
+pub fn run_blocking(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), IslandError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,29 +81,7 @@ pub fn run_blocking(config: AgentConfig) -> Result<(), IslandError> {
             path: "tokio runtime".into(),
             source: e,
         })?;
-    rt.block_on(run(config, shutdown_signal()))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    rt.block_on(run(config, shutdown))
 }
 
 impl IslandError {

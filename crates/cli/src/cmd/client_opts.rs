@@ -4,8 +4,10 @@
 //! and one way to print errors (`error: …` on stderr, or a JSON error
 //! object on stdout with `--json`) so scripts and golden tests can rely on it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use archipelago_client::keystore::Passphrase;
 use archipelago_client::{ClientConfig, ClientError, Session};
 
 /// `--url`, `--api-key`, `--policy`, `--keystore`, `--json`.
@@ -57,8 +59,25 @@ impl ClientOpts {
                 config: c.source.display().to_string(),
             });
         }
-        Session::from_config(&c)
+        let session = Session::from_config(&c)?;
+        Ok(if std::io::stdin().is_terminal() {
+            session.with_passphrase_prompt(Some(Box::new(|key_id: &str| {
+                read_passphrase(&format!("passphrase for key {key_id}: ")).ok()
+            })))
+        } else {
+            session
+        })
     }
+}
+
+/// Reads a passphrase from the terminal without echo. Errors when there is
+/// no terminal, so scripts get the "set ARCHIPELAGO_KEY_PASSPHRASE" error
+/// instead of a hang.
+pub fn read_passphrase(prompt: &str) -> std::io::Result<Passphrase> {
+    if !std::io::stdin().is_terminal() {
+        return Err(std::io::Error::other("no terminal to ask for a passphrase"));
+    }
+    Ok(Passphrase::new(rpassword::prompt_password(prompt)?))
 }
 
 /// A current-thread tokio runtime for one command.

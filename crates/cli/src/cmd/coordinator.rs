@@ -108,7 +108,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             if let Some(r) = dev_sim_root {
                 config.dev_sim_root = Some(r);
             }
-            archipelago_coordinator::server::serve_blocking(config).context("coordinator")?;
+            archipelago_coordinator::server::serve_blocking(
+                config,
+                super::signal::shutdown_signal(),
+            )
+            .context("coordinator")?;
             Ok(0)
         }
     }

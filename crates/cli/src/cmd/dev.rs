@@ -408,7 +408,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let stop = rt.block_on(async {
         tokio::select! {
-            _ = super::gateway::shutdown_signal() => None,
+            _ = super::signal::shutdown_signal() => None,
             e = watch(&mut procs) => Some(e),
         }
     });

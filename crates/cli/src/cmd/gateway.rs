@@ -80,28 +80,6 @@ async fn inner(args: Args) -> Result<i32, ClientError> {
             .unwrap_or_else(|| "production default".into())
     );
     let state = GatewayState::new(session, config);
-    gateway::serve(state, listener, shutdown_signal()).await?;
+    gateway::serve(state, listener, super::signal::shutdown_signal()).await?;
     Ok(0)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -182,6 +182,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         initial: Duration::from_millis(args.restart_backoff_ms.max(10)),
         ..Backoff::default()
     };
-    archipelago_island::run_blocking(config)?;
+    archipelago_island::run_blocking(config, super::signal::shutdown_signal())?;
     Ok(0)
 }

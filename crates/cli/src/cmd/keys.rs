@@ -27,8 +27,12 @@ enum KeysCommand {
         label: Option<String>,
         /// Seal the key file under the passphrase in this file (first line);
         /// ARCHIPELAGO_KEY_PASSPHRASE works too.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "passphrase")]
         passphrase_file: Option<PathBuf>,
+        /// Seal the key file under a passphrase typed at the terminal (asked
+        /// twice, not echoed).
+        #[arg(long)]
+        passphrase: bool,
         /// Only store it locally.
         #[arg(long)]
         no_register: bool,
@@ -54,13 +58,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             opts,
             label,
             passphrase_file,
+            passphrase,
             no_register,
         } => {
             let json = opts.json;
-            finish(
-                rt.block_on(create(opts, label, passphrase_file, no_register)),
-                json,
-            )
+            let pass = match (passphrase_file, passphrase) {
+                (Some(p), _) => Some(Passphrase::from_file(&p).map_err(ClientError::from)),
+                (None, true) => Some(ask_new_passphrase()),
+                (None, false) => Passphrase::from_env().map(Ok),
+            };
+            let pass = match pass.transpose() {
+                Ok(p) => p,
+                Err(e) => return finish(Err(e), json),
+            };
+            finish(rt.block_on(create(opts, label, pass, no_register)), json)
         }
         KeysCommand::List { opts } => {
             let json = opts.json;
@@ -76,14 +87,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 async fn create(
     opts: ClientOpts,
     label: Option<String>,
-    passphrase_file: Option<PathBuf>,
+    pass: Option<Passphrase>,
     no_register: bool,
 ) -> Result<i32, ClientError> {
     let session = opts.session(!no_register)?;
-    let pass = match passphrase_file {
-        Some(p) => Some(Passphrase::from_file(&p)?),
-        None => Passphrase::from_env(),
-    };
     let (stored, _sk) = session.keystore().create(label.as_deref(), pass.as_ref())?;
     if !no_register {
         if let Err(e) = session.register(&stored).await {
@@ -191,4 +198,27 @@ async fn delete(opts: ClientOpts, key_id: String) -> Result<i32, ClientError> {
         eprintln!("deleted {key_id}");
     }
     Ok(0)
+}
+
+/// Asks for a new passphrase twice at the terminal.
+fn ask_new_passphrase() -> Result<Passphrase, ClientError> {
+    use super::client_opts::read_passphrase;
+    let no_tty = |e: std::io::Error| {
+        ClientError::InvalidInput(format!(
+            "--passphrase needs a terminal ({e}); in scripts use --passphrase-file or ARCHIPELAGO_KEY_PASSPHRASE"
+        ))
+    };
+    let first = read_passphrase("new passphrase: ").map_err(no_tty)?;
+    if first.is_empty() {
+        return Err(ClientError::InvalidInput(
+            "an empty passphrase protects nothing; type one, or leave out --passphrase".into(),
+        ));
+    }
+    let again = read_passphrase("same passphrase again: ").map_err(no_tty)?;
+    if !first.same_as(&again) {
+        return Err(ClientError::InvalidInput(
+            "the two passphrases differ; nothing was created, try again".into(),
+        ));
+    }
+    Ok(first)
 }

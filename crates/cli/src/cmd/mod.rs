@@ -12,4 +12,5 @@ pub mod jobs;
 pub mod keys;
 pub mod models;
 pub mod run;
+pub mod signal;
 pub mod stats;
