@@ -11,7 +11,9 @@
 //!
 //! `cargo bench -p archipelago-coordinator --bench throughput` runs the full
 //! sizes; run without `--bench` (as `cargo test --benches` does) it does a
-//! small smoke run. `BENCH_PG=0` skips PostgreSQL.
+//! small smoke run. `BENCH_PG=0` skips PostgreSQL, `BENCH_E2E=0` runs the
+//! storage layer alone (for profiling), `BENCH_LEASE_BATCH` sets the fake
+//! islands' `max_jobs` (default 16; 1 = one job per lease call).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use archipelago_coordinator::{Config, Coordinator, DbConfig, Store};
 use serde_json::{json, Value};
+use tokio::runtime::Handle;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -38,63 +41,69 @@ struct Setup {
     _dir: Option<std::path::PathBuf>,
 }
 
-async fn setup(pg: bool, islands: usize, users: usize) -> Setup {
-    let (cfg, cleanup, dir) = if pg {
-        let schema = format!("bench_{}", std::process::id());
-        let url = std::env::var("ARCHIPELAGO_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        (
-            DbConfig {
-                url,
-                schema: Some(schema.clone()),
-                max_connections: 16,
-                synchronous_commit: std::env::var("BENCH_PG_SYNC")
-                    .map(|v| v != "0")
-                    .unwrap_or(true),
-            },
-            Some(schema),
-            None,
-        )
-    } else {
-        let dir = std::env::temp_dir().join(format!("archipelago-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        (DbConfig::sqlite_in(&dir), None, Some(dir))
-    };
-    let store = Store::connect(&cfg).await.expect("database");
-    store.ensure_default_workloads().await.unwrap();
-    // Many clients and many island owners, as in a real network (one
-    // account for everything would serialise on its balance row).
-    let mut user_keys = Vec::new();
-    for i in 0..users {
-        let user = store
-            .create_account(&format!("bench-{i}"), false, 1 << 40)
-            .await
-            .unwrap();
-        let (_, key) = store
-            .create_api_key(&user, "bench", &["read".into(), "write".into()])
-            .await
-            .unwrap();
-        user_keys.push(key);
-    }
-    let mut enrollments = Vec::new();
-    for i in 0..islands {
-        let owner = store
-            .create_account(&format!("owner-{i}"), false, 0)
-            .await
-            .unwrap();
-        enrollments.push(store.create_enrollment_token(&owner, None).await.unwrap());
-    }
-    let config = Config {
-        rate_limit_per_sec: 1e9,
-        rate_limit_burst: 1e9,
-        ..Config::default()
-    };
-    let coordinator = Coordinator::with_store(store, config, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+/// Opens the database and starts the coordinator on the server runtime
+/// `srv` (its own threads, so its CPU time is counted apart from the
+/// bench's clients), then enrolls the fake islands over HTTP.
+async fn setup(pg: bool, islands: usize, users: usize, srv: &Handle) -> Setup {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
+    let server = srv.spawn(async move {
+        let (cfg, cleanup, dir) = if pg {
+            let schema = format!("bench_{}", std::process::id());
+            let url = std::env::var("ARCHIPELAGO_TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            (
+                DbConfig {
+                    url,
+                    schema: Some(schema.clone()),
+                    max_connections: 16,
+                    synchronous_commit: std::env::var("BENCH_PG_SYNC")
+                        .map(|v| v != "0")
+                        .unwrap_or(true),
+                },
+                Some(schema),
+                None,
+            )
+        } else {
+            let dir =
+                std::env::temp_dir().join(format!("archipelago-bench-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            (DbConfig::sqlite_in(&dir), None, Some(dir))
+        };
+        let store = Store::connect(&cfg).await.expect("database");
+        store.ensure_default_workloads().await.unwrap();
+        // Many clients and many island owners, as in a real network (one
+        // account for everything would serialise on its balance row).
+        let mut user_keys = Vec::new();
+        for i in 0..users {
+            let user = store
+                .create_account(&format!("bench-{i}"), false, 1 << 40)
+                .await
+                .unwrap();
+            let (_, key) = store
+                .create_api_key(&user, "bench", &["read".into(), "write".into()])
+                .await
+                .unwrap();
+            user_keys.push(key);
+        }
+        let mut enrollments = Vec::new();
+        for i in 0..islands {
+            let owner = store
+                .create_account(&format!("owner-{i}"), false, 0)
+                .await
+                .unwrap();
+            enrollments.push(store.create_enrollment_token(&owner, None).await.unwrap());
+        }
+        let config = Config {
+            rate_limit_per_sec: 1e9,
+            rate_limit_burst: 1e9,
+            ..Config::default()
+        };
+        let coordinator = Coordinator::with_store(store, config, None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let _ = ready_tx.send((base, user_keys, enrollments, cleanup, dir));
         coordinator
             .serve(listener, async {
                 let _ = rx.await;
@@ -102,6 +111,7 @@ async fn setup(pg: bool, islands: usize, users: usize) -> Setup {
             .await
             .unwrap();
     });
+    let (base, user_keys, enrollments, cleanup, dir) = ready_rx.await.expect("server setup");
     let http = reqwest::Client::new();
     let mut island_tokens = Vec::new();
     for (i, enrollment) in enrollments.iter().enumerate() {
@@ -154,7 +164,10 @@ async fn teardown(s: Setup) {
     }
 }
 
-/// An island worker: lease, post the result at once, repeat until `done`.
+/// An island worker: lease up to `batch` jobs (the `max_jobs` lease a real
+/// island agent makes with `lease_many`), post each result at once, repeat
+/// until `target` jobs are settled. `batch` 1 uses the original
+/// one-job-per-call shape.
 async fn island_worker(
     http: reqwest::Client,
     base: String,
@@ -162,12 +175,18 @@ async fn island_worker(
     settled: Arc<AtomicUsize>,
     target: usize,
     leased_at: Arc<Mutex<HashMap<String, Instant>>>,
+    batch: u32,
 ) {
     while settled.load(Ordering::Relaxed) < target {
+        let body = if batch > 1 {
+            json!({"wait_ms": 200, "max_jobs": batch})
+        } else {
+            json!({"wait_ms": 200})
+        };
         let r = http
             .post(format!("{base}/api/v1/island/lease"))
             .bearer_auth(&token)
-            .json(&json!({"wait_ms": 200}))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -175,18 +194,83 @@ async fn island_worker(
             continue;
         }
         let now = Instant::now();
-        let job: Value = r.json().await.unwrap();
-        let id = job["job_id"].as_str().unwrap().to_string();
-        leased_at.lock().unwrap().insert(id.clone(), now);
-        let r = http
-            .post(format!("{base}/api/v1/island/jobs/{id}/result"))
-            .bearer_auth(&token)
-            .json(&json!({"lease_id": job["lease_id"], "outcome": "succeeded", "execution_ms": 1, "output": job["input"]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        settled.fetch_add(1, Ordering::Relaxed);
+        let v: Value = r.json().await.unwrap();
+        let jobs = if batch > 1 {
+            v["jobs"].as_array().cloned().unwrap_or_default()
+        } else {
+            vec![v]
+        };
+        {
+            let mut l = leased_at.lock().unwrap();
+            for job in &jobs {
+                l.insert(job["job_id"].as_str().unwrap().to_string(), now);
+            }
+        }
+        for job in jobs {
+            let id = job["job_id"].as_str().unwrap();
+            let r = http
+                .post(format!("{base}/api/v1/island/jobs/{id}/result"))
+                .bearer_auth(&token)
+                .json(&json!({"lease_id": job["lease_id"], "outcome": "succeeded", "execution_ms": 1, "output": job["input"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            settled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// CPU time used so far by this process's threads, in seconds, by group.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    /// Coordinator runtime threads (HTTP, JSON, handlers).
+    server: f64,
+    /// SQLite connection worker threads (statement execution).
+    db: f64,
+    /// The bench's own client runtime (submitters, fake islands).
+    client: f64,
+    total: f64,
+}
+
+impl Cpu {
+    /// From `/proc/self/task/*/stat` (Linux; zeros elsewhere).
+    fn now() -> Cpu {
+        let mut c = Cpu::default();
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return c;
+        };
+        for e in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            // utime and stime, in clock ticks of 1/100 s
+            let secs = (ticks(11) + ticks(12)) / 100.0;
+            if comm.starts_with("coord-srv") {
+                c.server += secs;
+            } else if comm.starts_with("sqlx-sqlite") {
+                c.db += secs;
+            } else if comm.starts_with("bench-cli") {
+                c.client += secs;
+            }
+            c.total += secs;
+        }
+        c
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            server: self.server - before.server,
+            db: self.db - before.db,
+            client: self.client - before.client,
+            total: self.total - before.total,
+        }
     }
 }
 
@@ -198,9 +282,17 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-async fn run(pg: bool, jobs: usize, submitters: usize, islands: usize, latency_jobs: usize) {
+async fn run(
+    pg: bool,
+    jobs: usize,
+    submitters: usize,
+    islands: usize,
+    latency_jobs: usize,
+    batch: u32,
+    srv: &Handle,
+) {
     let name = if pg { "postgres" } else { "sqlite" };
-    let s = setup(pg, islands, submitters).await;
+    let s = setup(pg, islands, submitters, srv).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
@@ -209,6 +301,7 @@ async fn run(pg: bool, jobs: usize, submitters: usize, islands: usize, latency_j
     // ---- throughput
     let settled = Arc::new(AtomicUsize::new(0));
     let leased_at = Arc::new(Mutex::new(HashMap::new()));
+    let cpu0 = Cpu::now();
     let start = Instant::now();
     let mut workers = Vec::new();
     for t in &s.island_tokens {
@@ -220,6 +313,7 @@ async fn run(pg: bool, jobs: usize, submitters: usize, islands: usize, latency_j
                 settled.clone(),
                 jobs,
                 leased_at.clone(),
+                batch,
             )));
         }
     }
@@ -248,12 +342,22 @@ async fn run(pg: bool, jobs: usize, submitters: usize, islands: usize, latency_j
         w.await.unwrap();
     }
     let elapsed = start.elapsed();
+    let cpu = Cpu::now().since(cpu0);
     let rate = jobs as f64 / elapsed.as_secs_f64();
     println!(
-        "{name}: {jobs} jobs submitted→leased→settled in {:.2} s = {rate:.0} jobs/s (submission alone {:.0} jobs/s; {submitters} submitters, {} islands × 4 pollers)",
+        "{name}: {jobs} jobs submitted→leased→settled in {:.2} s = {rate:.0} jobs/s (submission alone {:.0} jobs/s; {submitters} submitters, {} islands × 4 pollers, max_jobs {batch})",
         elapsed.as_secs_f64(),
         jobs as f64 / submitted.as_secs_f64(),
         islands
+    );
+    let us = |secs: f64| secs * 1e6 / jobs as f64;
+    println!(
+        "{name}: CPU per job: coordinator {:.0} µs (HTTP/handlers {:.0} + SQLite workers {:.0}), bench clients {:.0} µs; whole process {:.0} µs",
+        us(cpu.server + cpu.db),
+        us(cpu.server),
+        us(cpu.db),
+        us(cpu.client),
+        us(cpu.total)
     );
 
     // ---- latency: idle islands waiting, one job at a time
@@ -268,6 +372,7 @@ async fn run(pg: bool, jobs: usize, submitters: usize, islands: usize, latency_j
             settled.clone(),
             latency_jobs,
             leased_at.clone(),
+            batch,
         )));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -328,7 +433,12 @@ async fn store_only(pg: bool, jobs: usize) {
                 .unwrap_or(true),
         }
     } else {
-        DbConfig::sqlite_memory()
+        // A file in WAL mode, as the end-to-end run and a real deployment use.
+        let dir =
+            std::env::temp_dir().join(format!("archipelago-bench-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        DbConfig::sqlite_in(&dir)
     };
     let store = Store::connect(&cfg).await.expect("database");
     store.ensure_default_workloads().await.unwrap();
@@ -348,6 +458,7 @@ async fn store_only(pg: bool, jobs: usize) {
         he_capable: false,
         has_enclave: false,
     };
+    let cpu0 = Cpu::now();
     let start = Instant::now();
     for _ in 0..jobs {
         let j = NewJob {
@@ -389,11 +500,13 @@ async fn store_only(pg: bool, jobs: usize) {
             .unwrap();
     }
     let e = start.elapsed();
+    let cpu = Cpu::now().since(cpu0);
     println!(
-        "{}: storage only, sequential submit+claim+settle: {:.0} jobs/s ({:.0} µs per job)",
+        "{}: storage only, sequential submit+claim+settle: {:.0} jobs/s ({:.0} µs per job; CPU {:.0} µs per job)",
         if pg { "postgres" } else { "sqlite" },
         jobs as f64 / e.as_secs_f64(),
-        e.as_secs_f64() * 1e6 / jobs as f64
+        e.as_secs_f64() * 1e6 / jobs as f64,
+        cpu.total * 1e6 / jobs as f64
     );
     if pg {
         let _ = sqlx::query(&format!(
@@ -404,6 +517,11 @@ async fn store_only(pg: bool, jobs: usize) {
         .await;
     }
     store.close().await;
+    if !pg {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("archipelago-bench-store-{}", std::process::id())),
+        );
+    }
 }
 
 fn main() {
@@ -418,18 +536,50 @@ fn main() {
     };
     let submitters = env_usize("BENCH_SUBMITTERS", 32);
     let islands = env_usize("BENCH_ISLANDS", 8);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let batch = env_usize("BENCH_LEASE_BATCH", 16).clamp(1, 64) as u32;
+    // The coordinator and the bench's clients on separate runtimes (two
+    // threads each, as many as the machine has cores), so the CPU time of
+    // each side can be read per thread.
+    let srv_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("coord-srv")
         .enable_all()
         .build()
         .unwrap();
+    let srv = srv_rt.handle().clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-cli")
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg_on = std::env::var("BENCH_PG").map(|v| v != "0").unwrap_or(true);
     rt.block_on(async {
-        store_only(false, jobs / 5).await;
-        if std::env::var("BENCH_PG").map(|v| v != "0").unwrap_or(true) {
-            store_only(true, jobs / 5).await;
+        println!(
+            "load average: {}",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
+        srv.spawn(store_only(false, jobs / 5)).await.unwrap();
+        if pg_on {
+            srv.spawn(store_only(true, jobs / 5)).await.unwrap();
         }
-        run(false, jobs, submitters, islands, latency_jobs).await;
-        if std::env::var("BENCH_PG").map(|v| v != "0").unwrap_or(true) {
-            run(true, jobs, submitters, islands, latency_jobs).await;
+        if std::env::var("BENCH_E2E")
+            .map(|v| v == "0")
+            .unwrap_or(false)
+        {
+            return;
         }
+        run(false, jobs, submitters, islands, latency_jobs, batch, &srv).await;
+        if pg_on {
+            run(true, jobs, submitters, islands, latency_jobs, batch, &srv).await;
+        }
+        println!(
+            "load average: {}",
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+        );
     });
 }

@@ -69,6 +69,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(store: Store, config: Config, policy: Option<Policy>) -> AppState {
         let (tx, _) = broadcast::channel(4096);
+        let replica_id = store.replica_id().to_string();
         AppState(Arc::new(Inner {
             store,
             config,
@@ -76,7 +77,7 @@ impl AppState {
             dispatcher: Dispatcher::new(),
             job_events: tx,
             counters: Counters::default(),
-            replica_id: crate::util::random_id("rep"),
+            replica_id,
             workloads: Mutex::new((
                 Instant::now() - Duration::from_secs(3600),
                 Arc::new(Vec::new()),
@@ -120,6 +121,12 @@ impl AppState {
         if let Ok(mut m) = self.islands.lock() {
             m.retain(|_, (_, i)| i.id != island_id);
         }
+    }
+
+    /// Publishes a job change to local SSE subscribers only (the store
+    /// already told other replicas, in the change's own transaction).
+    pub fn job_changed_locally(&self, job_id: &str) {
+        let _ = self.job_events.send(Arc::from(job_id));
     }
 
     /// Publishes a job change to local SSE subscribers and other replicas.

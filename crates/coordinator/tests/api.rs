@@ -452,6 +452,230 @@ async fn plain_job_lifecycle(b: Backend) {
 }
 both!(plain_job_t, plain_job_lifecycle);
 
+/// `max_jobs`: several jobs per lease call, oldest first, bounded by the
+/// island's free capacity; each is settled on its own; without `max_jobs`
+/// the answer keeps the one-job shape.
+async fn multi_job_lease(b: Backend) {
+    let h = Harness::start(b).await;
+    let (_, user) = h.user(1000).await;
+    let (_, it) = h
+        .island(json!({"runtimes": ["echo"], "memory_mb": 4096, "capacity": 3}))
+        .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = h
+            .post(
+                "/api/v1/jobs",
+                &user,
+                json!({"workload_id": 5, "input": {"i": i}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    for bad in [0, 65] {
+        let r = h
+            .post(
+                "/api/v1/island/lease",
+                &it,
+                json!({"wait_ms": 0, "max_jobs": bad}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_request");
+    }
+    // capacity 3 caps a request for 10
+    let l = h
+        .post(
+            "/api/v1/island/lease",
+            &it,
+            json!({"wait_ms": 1000, "max_jobs": 10}),
+        )
+        .await;
+    assert_eq!(l.status, 200, "{:?}", l.body);
+    let jobs = l.body["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 3);
+    let mut got: Vec<String> = jobs
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap().to_string())
+        .collect();
+    for j in &jobs {
+        let i = j["input"]["i"].as_u64().unwrap() as usize;
+        assert_eq!(j["job_id"], ids[i].as_str());
+        assert_eq!(j["workload_slug"], "echo");
+        assert!(j["lease_id"].as_str().unwrap().starts_with("lease_"));
+        assert_eq!(h.job(&user, &ids[i]).await["state"], "assigned");
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 3);
+    let rest: Vec<String> = ids.iter().filter(|i| !got.contains(i)).cloned().collect();
+    // full: nothing more until one finishes
+    let r = h
+        .post(
+            "/api/v1/island/lease",
+            &it,
+            json!({"wait_ms": 0, "max_jobs": 2}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    // each job of the batch settles on its own lease
+    let mut charged = 0;
+    for (i, j) in jobs.iter().enumerate().take(2) {
+        let outcome = if i == 0 { "succeeded" } else { "failed" };
+        let r = h
+            .post(
+                &format!("/api/v1/island/jobs/{}/result", j["job_id"].as_str().unwrap()),
+                &it,
+                json!({"lease_id": j["lease_id"], "outcome": outcome, "execution_ms": 1, "output": {}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body["state"], outcome);
+        charged += r.body["cost"].as_i64().unwrap();
+    }
+    // a batch's lease id does not settle a job outside the batch
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{}/result", rest[0]),
+            &it,
+            json!({"lease_id": jobs[2]["lease_id"], "outcome": "succeeded", "output": {}}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    // two slots free again; max_jobs 1 answers in the batch shape
+    let r = h
+        .post(
+            "/api/v1/island/lease",
+            &it,
+            json!({"wait_ms": 1000, "max_jobs": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let batch = r.body["jobs"].as_array().unwrap();
+    assert_eq!(batch.len(), 1);
+    let first = batch[0]["job_id"].as_str().unwrap().to_string();
+    assert!(rest.contains(&first));
+    // no max_jobs: the original one-job shape
+    let r = h.lease(&it, 1000).await;
+    assert_eq!(r.status, 200);
+    let second = r.body["job_id"].as_str().unwrap().to_string();
+    assert!(rest.contains(&second) && second != first);
+    assert!(r.body.get("jobs").is_none());
+    // holds: 3 jobs still leased (10 each), one charged, one refunded
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(acc["held"], 30);
+    assert_eq!(acc["balance"].as_i64().unwrap(), 1000 - 30 - charged);
+    h.finish().await;
+}
+both!(multi_lease_t, multi_job_lease);
+
+/// Many submissions and results at once (on SQLite they are group
+/// committed): submissions beyond the balance are refused alone, duplicate
+/// results settle once, and the ledger still balances.
+async fn concurrent_jobs_settle_once(b: Backend) {
+    let h = Harness::start(b).await;
+    // echo holds 10 per job: credits for exactly 10 of 16 submissions
+    let (_, user) = h.user(100).await;
+    let (_, it) = h
+        .island(json!({"runtimes": ["echo"], "memory_mb": 4096, "capacity": 32}))
+        .await;
+    let mut subs = Vec::new();
+    for i in 0..16 {
+        let (http, url, user) = (
+            h.http.clone(),
+            format!("{}/api/v1/jobs", h.base),
+            user.clone(),
+        );
+        subs.push(tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(user)
+                .json(&json!({"workload_id": 5, "input": {"i": i}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in subs {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(
+        codes,
+        [[201u16; 10].as_slice(), [402u16; 6].as_slice()].concat()
+    );
+    let l = h
+        .post(
+            "/api/v1/island/lease",
+            &it,
+            json!({"wait_ms": 1000, "max_jobs": 16}),
+        )
+        .await;
+    assert_eq!(l.status, 200, "{:?}", l.body);
+    let jobs = l.body["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 10);
+    // every result posted twice, all at once
+    let mut posts = Vec::new();
+    for j in jobs.iter().chain(jobs.iter()) {
+        let id = j["job_id"].as_str().unwrap().to_string();
+        let (http, base, it) = (h.http.clone(), h.base.clone(), it.clone());
+        let body = json!({"lease_id": j["lease_id"], "outcome": "succeeded", "execution_ms": 1, "output": {}});
+        posts.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/api/v1/island/jobs/{id}/result"))
+                .bearer_auth(it)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (id, status, v["cost"].as_i64())
+        }));
+    }
+    let mut cost_of = std::collections::HashMap::new();
+    for t in posts {
+        let (id, status, cost) = t.await.unwrap();
+        assert_eq!(status, 200);
+        let cost = cost.unwrap();
+        assert_eq!(
+            *cost_of.entry(id).or_insert(cost),
+            cost,
+            "a retry reported another cost"
+        );
+    }
+    let charged: i64 = cost_of.values().sum();
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert_eq!(acc["held"], 0);
+    assert_eq!(acc["balance"].as_i64().unwrap(), 100 - charged);
+    let t = h.store.ledger_totals().await.unwrap();
+    assert_eq!(t.sum, 0);
+    assert_eq!(t.held, 0);
+    assert_eq!(
+        (t.available, t.held),
+        (t.projected_available, t.projected_held)
+    );
+    // each job has exactly one charge entry
+    for id in cost_of.keys() {
+        let n: i64 = sqlx::Row::get(
+            &sqlx::query(
+                "SELECT COUNT(*) AS n FROM ledger_entries WHERE job_id = $1 AND kind = 'charge'",
+            )
+            .bind(id)
+            .fetch_one(h.store.pool())
+            .await
+            .unwrap(),
+            "n",
+        );
+        assert_eq!(n, 1);
+    }
+    h.finish().await;
+}
+both!(concurrent_settle_t, concurrent_jobs_settle_once);
+
 async fn billing_shares(b: Backend) {
     let h = Harness::start(b).await;
     let (_, user) = h.user(10_000).await;

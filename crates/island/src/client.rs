@@ -207,8 +207,27 @@ impl CoordinatorClient {
     /// `POST /island/lease`: `None` when nothing arrived within `wait_ms`.
     pub async fn lease(&self, wait_ms: u64) -> Result<Option<LeasedJob>, ClientError> {
         let timeout = SHORT + Duration::from_millis(wait_ms);
-        self.post("lease", "lease", &LeaseRequest { wait_ms }, timeout)
-            .await
+        let req = LeaseRequest {
+            wait_ms,
+            max_jobs: None,
+        };
+        self.post("lease", "lease", &req, timeout).await
+    }
+
+    /// `POST /island/lease` with `max_jobs`: up to `max_jobs` jobs in one
+    /// call (empty when nothing arrived within `wait_ms`).
+    pub async fn lease_many(
+        &self,
+        wait_ms: u64,
+        max_jobs: u32,
+    ) -> Result<Vec<LeasedJob>, ClientError> {
+        let timeout = SHORT + Duration::from_millis(wait_ms);
+        let req = LeaseRequest {
+            wait_ms,
+            max_jobs: Some(max_jobs),
+        };
+        let batch: Option<LeasedJobs> = self.post("lease", "lease", &req, timeout).await?;
+        Ok(batch.map(|b| b.jobs).unwrap_or_default())
     }
 
     /// `POST /island/jobs/{id}/renew`.

@@ -11,8 +11,9 @@
 //!    whose report data is `key_binding(ek_public, key_expires_at, nonce)`.
 //!    Repeat every `reattest_interval_secs` (one missed round tolerated).
 //! 4. `POST /island/heartbeat` [`Heartbeat`] → [`HeartbeatResponse`].
-//! 5. `POST /island/lease` [`LeaseRequest`] → 200 [`LeasedJob`] or 204 when
-//!    nothing arrived within `wait_ms` (long poll).
+//! 5. `POST /island/lease` [`LeaseRequest`] → 200 [`LeasedJob`] (or
+//!    [`LeasedJobs`] when `max_jobs` is given) or 204 when nothing arrived
+//!    within `wait_ms` (long poll).
 //! 6. `POST /island/jobs/{id}/renew` [`RenewRequest`] → [`RenewResponse`]
 //!    (409 `lease_lost` / `job_cancelled` tells the island to stop).
 //! 7. `POST /island/jobs/{id}/chunks` [`ChunkPost`] (optional streaming).
@@ -144,6 +145,23 @@ pub struct LeaseRequest {
     /// How long to wait for a job, ms (capped by the coordinator, 0 = don't).
     #[serde(default)]
     pub wait_ms: u64,
+    /// Lease up to this many jobs in one call (1..=64, also bounded by the
+    /// island's free capacity). Absent: one job, answered as a bare
+    /// [`LeasedJob`] (the original shape). Present: answered as
+    /// [`LeasedJobs`], even for 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs: Option<u32>,
+}
+
+/// Most jobs one lease call may return.
+pub const MAX_LEASE_BATCH: u32 = 64;
+
+/// Answer to a lease with `max_jobs`: at least one job (204 when none
+/// arrived within `wait_ms`), oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LeasedJobs {
+    pub jobs: Vec<LeasedJob>,
 }
 
 /// A job leased to the island.

@@ -268,7 +268,8 @@ pub async fn heartbeat(
 }
 
 #[utoipa::path(post, path = "/api/v1/island/lease", request_body = LeaseRequest,
-    responses((status = 200, body = LeasedJob), (status = 204, description = "no job within wait_ms")))]
+    responses((status = 200, body = LeasedJob, description = "one job (no `max_jobs` in the request); with `max_jobs` the body is a LeasedJobs"),
+      (status = 204, description = "no job within wait_ms")))]
 pub async fn lease(
     State(st): State<AppState>,
     auth: IslandAuth,
@@ -291,37 +292,37 @@ pub async fn lease(
         has_enclave: !keys.is_empty(),
     };
     let lease_ms = st.config.lease_secs as i64 * 1000;
+    let max_jobs = match req.max_jobs {
+        None => 1,
+        Some(n) if (1..=MAX_LEASE_BATCH).contains(&n) => i64::from(n),
+        Some(_) => {
+            return Err(ApiError::field(
+                "max_jobs",
+                format!("1..={MAX_LEASE_BATCH}"),
+            ))
+        }
+    };
     // Register before the first claim so a wake-up between claim and wait
     // is kept as a permit.
     let reg = st.dispatcher.register(views::candidate(&island, keys));
     loop {
-        if let Some(claim) = st.store.claim_job(&snapshot, lease_ms, accept_sim).await? {
+        let claims = st
+            .store
+            .claim_jobs(&snapshot, lease_ms, accept_sim, max_jobs)
+            .await?;
+        if !claims.is_empty() {
             drop(reg);
-            let job = claim.job;
-            let input: serde_json::Value =
-                serde_json::from_str(&job.input).map_err(|_| ApiError::internal())?;
-            let slug = st
-                .workload(job.workload_id)
-                .await?
-                .map(|w| w.slug)
-                .unwrap_or_default();
-            tracing::debug!(job_id = %job.id, island_id = %island.id, "job leased");
-            // Local subscribers only; other replicas' streams poll.
-            let _ = st.job_events.send(std::sync::Arc::from(job.id.as_str()));
-            let body = LeasedJob {
-                job_id: job.id.clone(),
-                lease_id: job.lease_id.clone().unwrap_or_default(),
-                lease_expires_at: job.lease_expires_at.unwrap_or_default(),
-                workload_id: job.workload_id,
-                workload_slug: slug,
-                runtime: job.runtime.clone(),
-                mode: job.mode.clone(),
-                max_seconds: job.max_seconds,
-                input,
-                encryption_key_id: job.encryption_key_id.clone(),
-                enclave_key_id: claim.enclave_key_id,
-            };
-            return Ok((StatusCode::OK, Json(body)).into_response());
+            let mut jobs = Vec::with_capacity(claims.len());
+            for claim in claims {
+                jobs.push(leased_job(&st, claim).await?);
+            }
+            tracing::debug!(island_id = %island.id, jobs = jobs.len(), "jobs leased");
+            if req.max_jobs.is_none() {
+                if let Some(job) = jobs.pop() {
+                    return Ok((StatusCode::OK, Json(job)).into_response());
+                }
+            }
+            return Ok((StatusCode::OK, Json(LeasedJobs { jobs })).into_response());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -331,6 +332,33 @@ pub async fn lease(
         st.dispatcher.idle(&reg);
         let _ = tokio::time::timeout(step, reg.notify.notified()).await;
     }
+}
+
+/// The wire form of a claimed job (and the SSE wake-up for its client).
+async fn leased_job(st: &AppState, claim: crate::store::Claim) -> ApiResult<LeasedJob> {
+    let job = claim.job;
+    let input: serde_json::Value =
+        serde_json::from_str(&job.input).map_err(|_| ApiError::internal())?;
+    let slug = st
+        .workload(job.workload_id)
+        .await?
+        .map(|w| w.slug)
+        .unwrap_or_default();
+    // Local subscribers only; other replicas' streams poll.
+    let _ = st.job_events.send(std::sync::Arc::from(job.id.as_str()));
+    Ok(LeasedJob {
+        lease_id: job.lease_id.unwrap_or_default(),
+        lease_expires_at: job.lease_expires_at.unwrap_or_default(),
+        workload_id: job.workload_id,
+        workload_slug: slug,
+        runtime: job.runtime,
+        mode: job.mode,
+        max_seconds: job.max_seconds,
+        input,
+        encryption_key_id: job.encryption_key_id,
+        enclave_key_id: claim.enclave_key_id,
+        job_id: job.id,
+    })
 }
 
 fn lease_error(outcome_lost: bool) -> ApiError {
@@ -492,10 +520,10 @@ pub async fn result(
     }
     let outcome = st
         .store
-        .complete_job(
+        .complete_read_job(
+            &job,
             &auth.island.id,
             &auth.island.owner_account_id,
-            &id,
             &req.lease_id,
             succeeded,
             req.execution_ms,
@@ -512,7 +540,8 @@ pub async fn result(
         } => {
             st.counters.jobs_settled.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(job_id = %id, island_id = %auth.island.id, state = %state, cost, "job settled");
-            st.job_changed(&id).await;
+            // Other replicas were notified in the settlement's transaction.
+            st.job_changed_locally(&id);
             Ok(Json(ResultResponse {
                 state,
                 cost,

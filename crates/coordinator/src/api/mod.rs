@@ -30,6 +30,7 @@ use crate::error::ApiResult;
         island::enroll, island::challenge, island::attest, island::heartbeat, island::lease,
         island::renew, island::chunk, island::result, island::he_key,
     ),
+    components(schemas(archipelago_proto::island::LeasedJobs)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

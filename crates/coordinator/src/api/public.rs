@@ -711,10 +711,8 @@ pub async fn submit_job(
             st.counters
                 .jobs_submitted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Other replicas were notified in the submission's transaction.
             st.dispatcher.job_queued(&views::needs(&job));
-            if let Err(e) = st.store.notify(&format!("{}:q:{}", st.replica_id, job.id)).await {
-                tracing::warn!(error = %e, "NOTIFY failed");
-            }
             tracing::debug!(job_id = %job.id, mode = %job.mode, workload_id = job.workload_id, input_len = job.input.len(), "job queued");
             Ok((StatusCode::CREATED, Json(views::job(&job))))
         }

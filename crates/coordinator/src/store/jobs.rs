@@ -10,8 +10,11 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use std::sync::Arc;
+
 use super::ledger::{hold, post, Book, Entry};
-use super::{Result, Store};
+use super::writer::Txn;
+use super::{Result, Store, StoreError};
 use crate::util::{now_ms, random_id};
 
 /// Everything needed to enqueue a job (validated by the API layer).
@@ -45,6 +48,15 @@ pub enum SubmitOutcome {
         needed: i64,
         balance: i64,
     },
+}
+
+/// How the submission's transaction ended.
+enum Submitted {
+    Created,
+    /// The Idempotency-Key is already stored (rolled back).
+    KeyTaken,
+    /// The balance does not cover the hold (rolled back).
+    Short,
 }
 
 /// A job row.
@@ -186,21 +198,23 @@ impl Store {
     pub async fn submit_job(&self, j: &NewJob) -> Result<SubmitOutcome> {
         let now = now_ms();
         let id = random_id("job");
-        let mut tx = self.pool.begin().await?;
-        if let Some((key, hash)) = &j.idempotency {
-            let res = sqlx::query(
-                "INSERT INTO idempotency_keys (account_id, idem_key, request_hash, job_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(&j.account_id)
-            .bind(key)
-            .bind(hash)
-            .bind(&id)
-            .bind(now)
-            .execute(&mut *tx)
+        let job = Arc::new(j.clone());
+        let (store, jid) = (self.clone(), id.clone());
+        let outcome = self
+            .writer
+            .write(move |conn| {
+                let (store, j, id) = (store.clone(), job.clone(), jid.clone());
+                Box::pin(async move { store.submit_tx(conn, &j, &id, now).await })
+            })
             .await?;
-            if res.rows_affected() == 0 {
-                tx.rollback().await?;
+        match outcome {
+            Submitted::Created => {}
+            Submitted::KeyTaken => {
+                let Some((key, hash)) = &j.idempotency else {
+                    return Err(StoreError::Corrupt(
+                        "idempotency outcome without a key".into(),
+                    ));
+                };
                 let row = sqlx::query(
                     "SELECT request_hash, job_id FROM idempotency_keys WHERE account_id = $1 AND idem_key = $2",
                 )
@@ -218,57 +232,19 @@ impl Store {
                     None => Ok(SubmitOutcome::IdempotencyConflict),
                 };
             }
-        }
-        sqlx::query(
-            "INSERT INTO jobs (id, account_id, workload_id, mode, state, runtime, memory_mb, max_seconds, price_per_second, \
-             encryption_key_id, input, attempts, hold_amount, deadline_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, 0, $11, $12, $13, $13)",
-        )
-        .bind(&id)
-        .bind(&j.account_id)
-        .bind(j.workload_id)
-        .bind(j.mode)
-        .bind(&j.runtime)
-        .bind(j.memory_mb)
-        .bind(j.max_seconds)
-        .bind(j.price_per_second)
-        .bind(j.encryption_key_id.clone())
-        .bind(&j.input)
-        .bind(j.hold)
-        .bind(j.deadline_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if !hold(&mut tx, &j.account_id, &id, j.hold, now).await? {
-            tx.rollback().await?;
-            let balance = self
-                .account(&j.account_id)
-                .await?
-                .map(|a| a.balance)
-                .unwrap_or(0);
-            return Ok(SubmitOutcome::InsufficientCredits {
-                needed: j.hold,
-                balance,
-            });
-        }
-        if !j.recipients.is_empty() {
-            let mut sql =
-                String::from("INSERT INTO job_recipients (job_id, key_id, excluded) VALUES ");
-            for i in 0..j.recipients.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("($1, ${}, 0)", i + 2));
+            Submitted::Short => {
+                let balance = self
+                    .account(&j.account_id)
+                    .await?
+                    .map(|a| a.balance)
+                    .unwrap_or(0);
+                return Ok(SubmitOutcome::InsufficientCredits {
+                    needed: j.hold,
+                    balance,
+                });
             }
-            sql.push_str(" ON CONFLICT DO NOTHING");
-            let mut q = sqlx::query(&sql).bind(&id);
-            for r in &j.recipients {
-                q = q.bind(r);
-            }
-            q.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
-        let mut row = JobRow {
+        Ok(SubmitOutcome::Created(JobRow {
             id,
             account_id: j.account_id.clone(),
             workload_id: j.workload_id,
@@ -294,10 +270,75 @@ impl Store {
             deadline_at: j.deadline_at,
             created_at: now,
             updated_at: now,
-            recipients: Vec::new(),
-        };
-        row.recipients = j.recipients.clone();
-        Ok(SubmitOutcome::Created(row))
+            recipients: j.recipients.clone(),
+        }))
+    }
+
+    /// The submission's writes: idempotency key, job, hold, recipients.
+    async fn submit_tx(
+        &self,
+        conn: &mut AnyConnection,
+        j: &NewJob,
+        id: &str,
+        now: i64,
+    ) -> Result<Txn<Submitted>> {
+        if let Some((key, hash)) = &j.idempotency {
+            let res = sqlx::query(
+                "INSERT INTO idempotency_keys (account_id, idem_key, request_hash, job_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&j.account_id)
+            .bind(key)
+            .bind(hash)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            if res.rows_affected() == 0 {
+                return Ok(Txn::Rollback(Submitted::KeyTaken));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO jobs (id, account_id, workload_id, mode, state, runtime, memory_mb, max_seconds, price_per_second, \
+             encryption_key_id, input, attempts, hold_amount, deadline_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, 0, $11, $12, $13, $13)",
+        )
+        .bind(id)
+        .bind(&j.account_id)
+        .bind(j.workload_id)
+        .bind(j.mode)
+        .bind(&j.runtime)
+        .bind(j.memory_mb)
+        .bind(j.max_seconds)
+        .bind(j.price_per_second)
+        .bind(j.encryption_key_id.clone())
+        .bind(&j.input)
+        .bind(j.hold)
+        .bind(j.deadline_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        if !hold(&mut *conn, &j.account_id, id, j.hold, now).await? {
+            return Ok(Txn::Rollback(Submitted::Short));
+        }
+        if !j.recipients.is_empty() {
+            let mut sql =
+                String::from("INSERT INTO job_recipients (job_id, key_id, excluded) VALUES ");
+            for i in 0..j.recipients.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("($1, ${}, 0)", i + 2));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(&sql).bind(id);
+            for r in &j.recipients {
+                q = q.bind(r);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        self.notify_in(conn, "q", id).await?;
+        Ok(Txn::Commit(Submitted::Created))
     }
 
     /// A job of this account (None for other accounts' jobs).
@@ -381,20 +422,38 @@ impl Store {
         lease_ms: i64,
         accept_sim: bool,
     ) -> Result<Option<Claim>> {
-        if island.runtimes.is_empty() || island.capacity <= 0 {
-            return Ok(None);
+        Ok(self
+            .claim_jobs(island, lease_ms, accept_sim, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Claims up to `max` of the oldest queued jobs this island may run
+    /// (see [`Store::claim_job`]), never more than its free capacity, in
+    /// one statement. Oldest first. The jobs share one lease id: a lease is
+    /// always named by job id and lease id together.
+    pub async fn claim_jobs(
+        &self,
+        island: &IslandSnapshot,
+        lease_ms: i64,
+        accept_sim: bool,
+        max: i64,
+    ) -> Result<Vec<Claim>> {
+        if island.runtimes.is_empty() || island.capacity <= 0 || max <= 0 {
+            return Ok(Vec::new());
         }
         let now = now_ms();
         let now_secs = now / 1000;
         let lease_id = random_id("lease");
         // $1 island, $2 lease, $3 lease expiry, $4 now, $5 memory, $6 capacity,
-        // $7 now_secs, $8.. runtimes
+        // $7 now_secs, $8 max, $9.. runtimes
         let mut runtimes = String::new();
         for i in 0..island.runtimes.len() {
             if i > 0 {
                 runtimes.push_str(", ");
             }
-            runtimes.push_str(&format!("${}", i + 8));
+            runtimes.push_str(&format!("${}", i + 9));
         }
         let mut modes = vec!["j.mode = 'plain'".to_string()];
         if island.he_capable {
@@ -411,53 +470,66 @@ impl Store {
                  WHERE r.job_id = j.id AND r.excluded = 0 AND e.island_id = $1 AND e.valid_until > $7{sim}))"
             ));
         }
+        // The picked ids are materialised once: as an `IN (subquery)` with
+        // `SKIP LOCKED`, PostgreSQL may rescan the subquery per row and skip
+        // the rows this statement already updated, taking more than LIMIT.
         let sql = format!(
-            "UPDATE jobs SET state = 'assigned', island_id = $1, lease_id = $2, lease_expires_at = $3, leased_at = $4, \
-             attempts = attempts + 1, updated_at = $4 \
-             WHERE state = 'queued' AND id = (SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.deadline_at > $4 \
+            "WITH picked AS MATERIALIZED (SELECT j.id FROM jobs j WHERE j.state = 'queued' AND j.deadline_at > $4 \
                AND j.memory_mb <= $5 AND j.runtime IN ({runtimes}) \
                AND NOT EXISTS (SELECT 1 FROM job_exclusions x WHERE x.job_id = j.id AND x.island_id = $1) \
-               AND ({modes}) ORDER BY j.created_at, j.id LIMIT 1{skip}) \
+               AND ({modes}) ORDER BY j.created_at, j.id \
+               LIMIT (SELECT CASE WHEN COUNT(*) >= $6 THEN 0 WHEN $6 - COUNT(*) < $8 THEN $6 - COUNT(*) ELSE $8 END \
+                      FROM jobs k WHERE k.island_id = $1 AND k.state IN ('assigned', 'running')){skip}) \
+             UPDATE jobs SET state = 'assigned', island_id = $1, lease_id = $2, lease_expires_at = $3, leased_at = $4, \
+             attempts = attempts + 1, updated_at = $4 \
+             WHERE state = 'queued' AND id IN (SELECT id FROM picked) \
              AND (SELECT COUNT(*) FROM jobs k WHERE k.island_id = $1 AND k.state IN ('assigned', 'running')) < $6 \
              RETURNING {JOB_COLS}",
             modes = modes.join(" OR "),
             skip = self.skip_locked(),
         );
-        let mut q = sqlx::query(&sql)
-            .bind(&island.id)
-            .bind(&lease_id)
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(island.memory_mb)
-            .bind(island.capacity)
-            .bind(now_secs);
-        for r in &island.runtimes {
-            q = q.bind(r);
-        }
-        let Some(row) = q.fetch_optional(&self.pool).await? else {
-            return Ok(None);
+        let args = ClaimArgs {
+            sql,
+            island: island.clone(),
+            lease_id,
+            lease_expires_at: now + lease_ms,
+            now,
+            now_secs,
+            max,
         };
-        let job = job_from(&row)?;
-        let enclave_key_id = if job.mode == "tee" {
-            let r = sqlx::query(
-                "SELECT r.key_id FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
-                 WHERE r.job_id = $1 AND e.island_id = $2 AND r.excluded = 0 ORDER BY e.valid_until DESC LIMIT 1",
-            )
-            .bind(&job.id)
-            .bind(&island.id)
-            .fetch_optional(&self.pool)
+        let args = Arc::new(args);
+        let mut jobs = self
+            .writer
+            .write_one(move |conn| {
+                let args = args.clone();
+                Box::pin(async move { Ok(Txn::Commit(claim_tx(conn, &args).await?)) })
+            })
             .await?;
-            match r {
-                Some(r) => Some(r.try_get::<String, _>("key_id")?),
-                None => None,
-            }
-        } else {
-            None
-        };
-        Ok(Some(Claim {
-            job,
-            enclave_key_id,
-        }))
+        jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let mut claims = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let enclave_key_id = if job.mode == "tee" {
+                let r = sqlx::query(
+                    "SELECT r.key_id FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
+                     WHERE r.job_id = $1 AND e.island_id = $2 AND r.excluded = 0 ORDER BY e.valid_until DESC LIMIT 1",
+                )
+                .bind(&job.id)
+                .bind(&island.id)
+                .fetch_optional(&self.pool)
+                .await?;
+                match r {
+                    Some(r) => Some(r.try_get::<String, _>("key_id")?),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            claims.push(Claim {
+                job,
+                enclave_key_id,
+            });
+        }
+        Ok(claims)
     }
 
     /// Extends a lease; optionally marks the job running. Returns the job
@@ -548,16 +620,48 @@ impl Store {
         let Some(job) = self.job_any(job_id).await? else {
             return Ok(CompleteOutcome::NotFound);
         };
+        self.complete_read_job(
+            &job,
+            island_id,
+            owner_account_id,
+            lease_id,
+            succeeded,
+            reported_ms,
+            output,
+            error,
+            island_share_percent,
+        )
+        .await
+    }
+
+    /// [`Store::complete_job`] for a job row the caller has just read (the
+    /// result handler reads it to check the output's shape): saves reading
+    /// it again. The write is still guarded by the state and lease, so a
+    /// stale row can only lose, never settle twice.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn complete_read_job(
+        &self,
+        job: &JobRow,
+        island_id: &str,
+        owner_account_id: &str,
+        lease_id: &str,
+        succeeded: bool,
+        reported_ms: i64,
+        output: Option<&str>,
+        error: Option<(&str, &str)>,
+        island_share_percent: i64,
+    ) -> Result<CompleteOutcome> {
+        let job_id = job.id.as_str();
         if job.island_id.as_deref() != Some(island_id) || job.lease_id.as_deref() != Some(lease_id)
         {
             return Ok(CompleteOutcome::LeaseLost);
         }
         if job.is_terminal() {
-            return Ok(self.already(&job, owner_account_id, island_share_percent));
+            return Ok(self.already(job, owner_account_id, island_share_percent));
         }
         let now = now_ms();
         let (cost, exec_ms) = if succeeded {
-            bill(&job, reported_ms, now)
+            bill(job, reported_ms, now)
         } else {
             (
                 0,
@@ -566,28 +670,30 @@ impl Store {
         };
         let earned = share(cost, island_share_percent);
         let new_state = if succeeded { "succeeded" } else { "failed" };
-        let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
-            "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
-             lease_expires_at = NULL, updated_at = $7 \
-             WHERE id = $8 AND island_id = $9 AND lease_id = $10 AND state IN ('assigned', 'running')",
-        )
-        .bind(new_state)
-        .bind(output.map(str::to_string))
-        .bind(error.map(|e| e.0.to_string()))
-        .bind(error.map(|e| e.1.to_string()))
-        .bind(cost)
-        .bind(exec_ms)
-        .bind(now)
-        .bind(job_id)
-        .bind(island_id)
-        .bind(lease_id)
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() != 1
-            || !insert_settlement(&mut tx, job_id, new_state, cost, now).await?
-        {
-            tx.rollback().await?;
+        let settle = Arc::new(Settle {
+            job_id: job_id.to_string(),
+            account_id: job.account_id.clone(),
+            island_id: island_id.to_string(),
+            owner_account_id: owner_account_id.to_string(),
+            lease_id: lease_id.to_string(),
+            succeeded,
+            output: output.map(str::to_string),
+            error: error.map(|(c, m)| (c.to_string(), m.to_string())),
+            hold: job.hold_amount,
+            cost,
+            earned,
+            exec_ms,
+            now,
+        });
+        let store = self.clone();
+        let settled = self
+            .writer
+            .write(move |conn| {
+                let (store, settle) = (store.clone(), settle.clone());
+                Box::pin(async move { store.settle_tx(conn, &settle).await })
+            })
+            .await?;
+        if !settled {
             return match self.job_any(job_id).await? {
                 Some(j) if j.is_terminal() && j.lease_id.as_deref() == Some(lease_id) => {
                     Ok(self.already(&j, owner_account_id, island_share_percent))
@@ -596,51 +702,80 @@ impl Store {
                 None => Ok(CompleteOutcome::NotFound),
             };
         }
-        let hold = job.hold_amount;
-        let acct = job.account_id.as_str();
-        let jid = Some(job_id);
-        post(
-            &mut tx,
-            &[
-                Entry::new(
-                    Book::Held,
-                    Some(acct),
-                    jid,
-                    if succeeded { "charge" } else { "refund" },
-                    -hold,
-                ),
-                Entry::new(
-                    Book::Available,
-                    Some(acct),
-                    jid,
-                    if succeeded { "release" } else { "refund" },
-                    hold - cost,
-                ),
-                Entry::new(
-                    Book::Available,
-                    Some(owner_account_id),
-                    jid,
-                    "earning",
-                    earned,
-                ),
-                Entry::new(Book::Platform, None, jid, "platform_fee", cost - earned),
-            ],
-            now,
-        )
-        .await?;
-        let col = if succeeded { "succeeded" } else { "failed" };
-        sqlx::query(&format!(
-            "UPDATE islands SET {col} = {col} + 1 WHERE id = $1"
-        ))
-        .bind(island_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(CompleteOutcome::Settled {
             state: new_state.into(),
             cost,
             earned,
         })
+    }
+
+    /// The settlement's writes: the job's final state (guarded by its
+    /// lease), the settlement row, the ledger transaction, the island's
+    /// counters. Rolled back (false) when the guard does not hold.
+    async fn settle_tx(&self, conn: &mut AnyConnection, s: &Settle) -> Result<Txn<bool>> {
+        let new_state = if s.succeeded { "succeeded" } else { "failed" };
+        let res = sqlx::query(
+            "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
+             lease_expires_at = NULL, updated_at = $7 \
+             WHERE id = $8 AND island_id = $9 AND lease_id = $10 AND state IN ('assigned', 'running')",
+        )
+        .bind(new_state)
+        .bind(s.output.clone())
+        .bind(s.error.as_ref().map(|e| e.0.clone()))
+        .bind(s.error.as_ref().map(|e| e.1.clone()))
+        .bind(s.cost)
+        .bind(s.exec_ms)
+        .bind(s.now)
+        .bind(&s.job_id)
+        .bind(&s.island_id)
+        .bind(&s.lease_id)
+        .execute(&mut *conn)
+        .await?;
+        if res.rows_affected() != 1
+            || !insert_settlement(conn, &s.job_id, new_state, s.cost, s.now).await?
+        {
+            return Ok(Txn::Rollback(false));
+        }
+        let acct = s.account_id.as_str();
+        let jid = Some(s.job_id.as_str());
+        post(
+            conn,
+            &[
+                Entry::new(
+                    Book::Held,
+                    Some(acct),
+                    jid,
+                    if s.succeeded { "charge" } else { "refund" },
+                    -s.hold,
+                ),
+                Entry::new(
+                    Book::Available,
+                    Some(acct),
+                    jid,
+                    if s.succeeded { "release" } else { "refund" },
+                    s.hold - s.cost,
+                ),
+                Entry::new(
+                    Book::Available,
+                    Some(&s.owner_account_id),
+                    jid,
+                    "earning",
+                    s.earned,
+                ),
+                Entry::new(Book::Platform, None, jid, "platform_fee", s.cost - s.earned),
+            ],
+            s.now,
+        )
+        .await?;
+        let col = if s.succeeded { "succeeded" } else { "failed" };
+        sqlx::query(&format!(
+            "UPDATE islands SET {col} = {col} + 1 WHERE id = $1"
+        ))
+        .bind(&s.island_id)
+        .execute(&mut *conn)
+        .await?;
+        self.notify_in(conn, "u", &s.job_id).await?;
+        Ok(Txn::Commit(true))
     }
 
     fn already(&self, job: &JobRow, _owner: &str, pct: i64) -> CompleteOutcome {
@@ -901,6 +1036,54 @@ pub fn bill(job: &JobRow, reported_ms: i64, now: i64) -> (i64, i64) {
 /// The island owner's share of a charge (rounded down).
 pub fn share(cost: i64, percent: i64) -> i64 {
     cost.saturating_mul(percent.clamp(0, 100)) / 100
+}
+
+/// Everything a settlement writes, owned (the write may run again).
+struct Settle {
+    job_id: String,
+    account_id: String,
+    island_id: String,
+    owner_account_id: String,
+    lease_id: String,
+    succeeded: bool,
+    output: Option<String>,
+    error: Option<(String, String)>,
+    hold: i64,
+    cost: i64,
+    earned: i64,
+    exec_ms: i64,
+    now: i64,
+}
+
+/// A prepared claim: the statement and its arguments.
+struct ClaimArgs {
+    sql: String,
+    island: IslandSnapshot,
+    lease_id: String,
+    lease_expires_at: i64,
+    now: i64,
+    now_secs: i64,
+    max: i64,
+}
+
+async fn claim_tx(conn: &mut AnyConnection, a: &ClaimArgs) -> Result<Vec<JobRow>> {
+    let mut q = sqlx::query(&a.sql)
+        .bind(&a.island.id)
+        .bind(&a.lease_id)
+        .bind(a.lease_expires_at)
+        .bind(a.now)
+        .bind(a.island.memory_mb)
+        .bind(a.island.capacity)
+        .bind(a.now_secs)
+        .bind(a.max);
+    for r in &a.island.runtimes {
+        q = q.bind(r);
+    }
+    q.fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(job_from)
+        .collect()
 }
 
 async fn insert_settlement(
