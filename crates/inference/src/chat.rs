@@ -1,28 +1,34 @@
-//! The `chat` workload: SmolLM2-135M-Instruct from its Q4_1 GGUF.
+//! The `chat` workload: SmolLM2-135M-Instruct from its Q4_1 GGUF, run by
+//! llama.cpp (through the `llama-cpp-2` crate).
 //!
-//! Everything comes from the one GGUF file in the manifest: weights, the
-//! byte-level BPE tokenizer (vocabulary, merges and control tokens are in the
-//! GGUF metadata) and the ChatML chat template. candle has no fast Q4_1
-//! kernel, so at load the Q4_1 tensors are dequantised once to f32 (exact),
-//! which candle multiplies with its multi-threaded gemm. Q8_0 re-encoding is
-//! kept for comparison: candle's quantized CPU matmul is single-threaded, and
-//! measured slower here on 2 cores (see [`WeightFormat`]). Sampling is
+//! llama.cpp runs the Q4_1 weights as they are, with its AVX2 quantised
+//! kernels on a thread pool: on an idle machine it generates about 4x
+//! faster than candle did with the weights dequantised to f32 (issue 6,
+//! BENCHMARKS.md), which is why this workload uses it (embeddings and
+//! classification run on [`crate::minilm`]). Everything comes from the one GGUF file
+//! in the manifest, which the enclave measurement covers: weights, the
+//! byte-level BPE tokenizer (llama.cpp builds it from the GGUF metadata) and
+//! the ChatML chat template. The file is hash-checked through an open handle
+//! and llama.cpp reads it through that handle.
+//!
+//! Sampling is done here, not by llama.cpp: greedy (temperature 0) or
 //! temperature / top-p with an explicit seed, so a job is reproducible.
+//! llama.cpp's own logging is switched off: it can print prompt fragments.
 
-use std::io::Cursor;
+use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
-use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_llama::ModelWeights;
-use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, Tokenizer};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use rand::{Rng, SeedableRng};
+use zeroize::Zeroize;
 
-use crate::manifest::{read_verified, WorkloadKind};
+use crate::manifest::{open_verified, WorkloadKind};
 use crate::InferenceError;
 
 /// Most tokens a job may ask for.
@@ -31,19 +37,9 @@ pub const MAX_NEW_TOKENS: usize = 1024;
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// Most prompt tokens (after the chat template).
 pub const MAX_PROMPT_TOKENS: usize = 2048;
-
-/// How Q4_1 weights are held in memory after loading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightFormat {
-    /// Dequantise Q4_1 to f32 (exact; multi-threaded gemm; default).
-    #[default]
-    F32,
-    /// Re-encode Q4_1 to Q8_0 (AVX2 dot products, but candle runs quantized
-    /// CPU matmuls on one thread; for comparison).
-    Q8_0,
-    /// Keep Q4_1 (candle's generic kernel; for comparison).
-    Original,
-}
+/// Most llama.cpp threads by default: a 135M-parameter model gains nothing
+/// beyond this, and more threads only spin.
+pub const MAX_DEFAULT_THREADS: usize = 8;
 
 /// One chat message. Holds job plaintext: no `Debug`, zeroised on drop.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
@@ -55,7 +51,7 @@ pub struct Message {
 
 impl Drop for Message {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.content);
+        self.content.zeroize();
     }
 }
 
@@ -108,124 +104,99 @@ pub struct Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.text);
+        self.text.zeroize();
     }
 }
 
-/// SmolLM2 loaded for generation. `Send + Sync`; each generation works on
-/// its own cheap clone of the weights (tensors are shared), so concurrent
-/// jobs do not contend.
+/// llama.cpp's process-wide backend: initialised once, logging off.
+fn backend() -> Result<&'static LlamaBackend, InferenceError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+            );
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| InferenceError::load("llama.cpp backend", e))
+}
+
+/// SmolLM2 loaded for generation. `Send + Sync`: the weights are shared and
+/// read-only; each generation gets its own llama.cpp context (KV cache), so
+/// concurrent jobs do not contend except while a context is created.
 pub struct ChatModel {
-    weights: ModelWeights,
-    tokenizer: Tokenizer,
-    stop_ids: Vec<u32>,
+    model: LlamaModel,
+    threads: i32,
+    stop_ids: Vec<LlamaToken>,
     control_tokens: Vec<String>,
     default_system: Option<String>,
-    device: Device,
-}
-
-fn md_str<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a String, InferenceError> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| InferenceError::load("SmolLM2 GGUF", format!("metadata {key} missing")))?
-        .to_string()
-        .map_err(|e| InferenceError::load("SmolLM2 GGUF", format!("metadata {key}: {e}")))
-}
-
-fn md_u32(ct: &gguf_file::Content, key: &str) -> Result<u32, InferenceError> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| InferenceError::load("SmolLM2 GGUF", format!("metadata {key} missing")))?
-        .to_u32()
-        .map_err(|e| InferenceError::load("SmolLM2 GGUF", format!("metadata {key}: {e}")))
-}
-
-fn md_strings(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>, InferenceError> {
-    let v = ct
-        .metadata
-        .get(key)
-        .ok_or_else(|| InferenceError::load("SmolLM2 GGUF", format!("metadata {key} missing")))?
-        .to_vec()
-        .map_err(|e| InferenceError::load("SmolLM2 GGUF", format!("metadata {key}: {e}")))?;
-    v.iter()
-        .map(|s| {
-            s.to_string()
-                .cloned()
-                .map_err(|e| InferenceError::load("SmolLM2 GGUF", format!("metadata {key}: {e}")))
-        })
-        .collect()
+    /// llama.cpp's context constructor is not safe to call concurrently on
+    /// one model (it can adjust model fields).
+    new_context: Mutex<()>,
 }
 
 impl ChatModel {
-    /// Loads the pinned GGUF from `dir` (hash-checked) with f32 weights.
+    /// Loads the pinned GGUF from `dir` (hash-checked), with one llama.cpp
+    /// thread per available core (at most [`MAX_DEFAULT_THREADS`]).
     pub fn load(dir: &Path) -> Result<Self, InferenceError> {
-        Self::load_with(dir, WeightFormat::default())
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(MAX_DEFAULT_THREADS);
+        Self::load_with_threads(dir, threads)
     }
 
-    /// Loads with an explicit in-memory weight format.
-    pub fn load_with(dir: &Path, format: WeightFormat) -> Result<Self, InferenceError> {
+    /// Loads with an explicit llama.cpp thread count (benchmarks).
+    pub fn load_with_threads(dir: &Path, threads: usize) -> Result<Self, InferenceError> {
+        let lerr = |e: &dyn std::fmt::Display| InferenceError::load("SmolLM2 GGUF", e);
+        let threads = i32::try_from(threads.clamp(1, 256)).unwrap_or(1);
         let m = WorkloadKind::Chat.manifest();
-        let bytes = read_verified(dir, &m.files[0].0, &m.files[0].1)?;
-        Self::from_gguf_bytes(bytes, format)
-    }
+        let (name, sha) = &m.files[0];
+        let file = open_verified(dir, name, sha)?;
+        let backend = backend()?;
+        // Read through the checked handle where /proc exposes it.
+        let path = proc_fd_path(&file).unwrap_or_else(|| dir.join(name));
+        // No mmap: the weights are read once into memory, so later writes
+        // to the file cannot change what runs.
+        let params = LlamaModelParams::default().with_use_mmap(false);
+        let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| lerr(&e))?;
+        drop(file);
 
-    fn from_gguf_bytes(bytes: Vec<u8>, format: WeightFormat) -> Result<Self, InferenceError> {
-        let lerr = |e: candle_core::Error| InferenceError::load("SmolLM2 GGUF", e);
-        let device = Device::Cpu;
-        let mut reader = Cursor::new(bytes);
-        let ct = gguf_file::Content::read(&mut reader).map_err(lerr)?;
-        let tokenizer_parts = tokenizer_from_gguf(&ct)?;
-        let template = md_str(&ct, "tokenizer.chat_template")?.clone();
+        let template = model
+            .chat_template(None)
+            .map_err(|e| lerr(&e))?
+            .to_string()
+            .map_err(|e| lerr(&e))?;
         let default_system = chatml_default_system(&template)?;
 
-        let weights = if format == WeightFormat::Original {
-            ModelWeights::from_gguf(ct, &mut reader, &device).map_err(lerr)?
-        } else {
-            // Re-encode the Q4_1 tensors, write an in-memory GGUF with the
-            // same metadata, and load that.
-            let target = if format == WeightFormat::F32 {
-                GgmlDType::F32
-            } else {
-                GgmlDType::Q8_0
-            };
-            let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
-            names.sort();
-            let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
-            for name in names {
-                let qt = ct.tensor(&mut reader, name, &device).map_err(lerr)?;
-                // f32 mode converts every quantized tensor (the tied
-                // Q8_0 embedding/output matrix too: candle would run it on
-                // one thread); Q8_0 mode re-encodes only Q4_1.
-                let convert = match format {
-                    WeightFormat::Q8_0 => qt.dtype() == GgmlDType::Q4_1,
-                    _ => qt.dtype() != GgmlDType::F32,
-                };
-                let qt = if convert {
-                    let t = qt.dequantize(&device).map_err(lerr)?;
-                    QTensor::quantize(&t, target).map_err(lerr)?
-                } else {
-                    qt
-                };
-                tensors.push((name.clone(), qt));
+        let vocab = model.vocab();
+        let mut control_tokens = Vec::new();
+        let mut stop_ids = vec![vocab.eos()];
+        for t in vocab.tokens() {
+            let text = vocab
+                .text(t)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if vocab.is_control(t) && !text.is_empty() {
+                control_tokens.push(text.clone());
             }
-            let md: Vec<(&str, &gguf_file::Value)> =
-                ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            let mut buf = Cursor::new(Vec::new());
-            gguf_file::write(&mut buf, &md, &ts).map_err(lerr)?;
-            drop(tensors);
-            buf.set_position(0);
-            let ct2 = gguf_file::Content::read(&mut buf).map_err(lerr)?;
-            ModelWeights::from_gguf(ct2, &mut buf, &device).map_err(lerr)?
-        };
-        let (tokenizer, stop_ids, control_tokens) = tokenizer_parts;
+            if (vocab.is_eog(t) || text == "<|im_end|>" || text == "<|endoftext|>")
+                && !stop_ids.contains(&t)
+            {
+                stop_ids.push(t);
+            }
+        }
+        if !control_tokens.iter().any(|t| t == "<|im_start|>") {
+            return Err(lerr(&"vocabulary has no <|im_start|> control token"));
+        }
         Ok(Self {
-            weights,
-            tokenizer,
+            model,
+            threads,
             stop_ids,
             control_tokens,
             default_system,
-            device,
+            new_context: Mutex::new(()),
         })
     }
 
@@ -266,20 +237,39 @@ impl ChatModel {
         Ok(out)
     }
 
-    /// Token ids of text (control tokens recognised).
+    /// Token ids of text (control tokens recognised, no BOS added).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, InferenceError> {
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|_| InferenceError::engine("chat tokenizer", "tokenization failed"))?;
-        Ok(enc.get_ids().to_vec())
+        if text.len() > i32::MAX as usize / 2 {
+            return Err(InferenceError::input("text too long to tokenize"));
+        }
+        Ok(self
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, true)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect())
     }
 
-    /// Decodes ids to text (control tokens dropped).
+    /// Decodes ids to text (control tokens dropped, invalid UTF-8 replaced).
     pub fn detokenize(&self, ids: &[u32]) -> Result<String, InferenceError> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|_| InferenceError::engine("chat detokenizer", "decoding failed"))
+        let vocab = self.model.vocab();
+        let mut bytes = Vec::new();
+        for &id in ids {
+            vocab.token_to_piece_into(self.token(id)?, &mut bytes, false, None);
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        bytes.zeroize();
+        Ok(text)
+    }
+
+    fn token(&self, id: u32) -> Result<LlamaToken, InferenceError> {
+        match i32::try_from(id) {
+            Ok(i) if i < self.model.n_vocab() => Ok(LlamaToken(i)),
+            _ => Err(InferenceError::input(format!(
+                "token id {id} is outside the vocabulary"
+            ))),
+        }
     }
 
     /// Generates a reply to `messages`; `on_text` receives each new piece of
@@ -290,9 +280,10 @@ impl ChatModel {
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, InferenceError> {
-        let prompt = self.render(messages)?;
-        let ids = self.tokenize(&prompt)?;
-        self.generate_ids(&ids, params, on_text)
+        let mut prompt = self.render(messages)?;
+        let ids = self.tokenize(&prompt);
+        prompt.zeroize();
+        self.generate_ids(&ids?, params, on_text)
     }
 
     /// Generation from prompt token ids.
@@ -316,134 +307,220 @@ impl ChatModel {
                 "max_tokens must be 1..={MAX_NEW_TOKENS}"
             )));
         }
-        let err = |e: candle_core::Error| InferenceError::engine("chat forward", e);
-        let mut model = self.weights.clone();
-        model.clear_kv_cache();
-        let temperature = if params.temperature <= 0.0 {
-            None
-        } else {
-            Some(params.temperature)
-        };
-        let mut sampler = LogitsProcessor::new(params.seed, temperature, params.top_p);
+        let prompt: Vec<LlamaToken> = prompt
+            .iter()
+            .map(|&id| self.token(id))
+            .collect::<Result<_, _>>()?;
 
-        let input = Tensor::new(prompt, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(err)?;
-        let mut logits = model.forward(&input, 0).map_err(err)?;
-        let mut generated: Vec<u32> = Vec::new();
-        let mut emitted = 0usize;
+        // A context (KV cache) sized for this job: prompt + new tokens.
+        let n_ctx = (prompt.len() + params.max_tokens) as u32;
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+            .with_no_perf(true);
+        let mut ctx = {
+            let _guard = self.new_context.lock().map_err(|_| {
+                InferenceError::engine("chat context", "lock poisoned by an earlier panic")
+            })?;
+            self.model
+                .new_context(backend()?, ctx_params)
+                .map_err(|e| InferenceError::engine("chat context", e))?
+        };
+
+        let mut batch = LlamaBatch::new(prompt.len(), 1);
+        let last = prompt.len() - 1;
+        for (i, &t) in prompt.iter().enumerate() {
+            batch
+                .add(t, i as i32, &[0], i == last)
+                .map_err(|e| InferenceError::engine("chat prompt batch", e))?;
+        }
+        ctx.decode(&mut batch)
+            .map_err(|e| InferenceError::engine("chat prompt decode", e))?;
+        let mut logits_at = batch.n_tokens() - 1;
+
+        let mut sampler = Sampler::new(params);
+        let vocab = self.model.vocab();
+        let mut stream = Utf8Stream::default();
         let mut text = String::new();
+        let mut tokens = 0usize;
         let mut finish = FinishReason::Length;
-        for step in 0..params.max_tokens {
-            let l = logits.squeeze(0).map_err(err)?;
-            let next = sampler.sample(&l).map_err(err)?;
+        let mut pos = prompt.len() as i32;
+        let mut piece = Vec::new();
+        loop {
+            let next = LlamaToken(sampler.sample(ctx.get_logits_ith(logits_at)) as i32);
             if self.stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
-            generated.push(next);
-            text = self.detokenize(&generated)?;
-            // Emit only whole characters: a byte-level token can end inside
-            // a multi-byte character, which decodes to U+FFFD until complete.
-            if !text.ends_with('\u{FFFD}') && text.len() > emitted && text.is_char_boundary(emitted)
-            {
-                on_text(&text[emitted..]);
-                emitted = text.len();
-            }
-            if step + 1 == params.max_tokens {
+            tokens += 1;
+            piece.clear();
+            vocab.token_to_piece_into(next, &mut piece, false, None);
+            stream.push(&piece, &mut |s| {
+                text.push_str(s);
+                on_text(s);
+            });
+            if tokens == params.max_tokens {
                 break;
             }
-            let input = Tensor::new(&[next], &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(err)?;
-            logits = model.forward(&input, prompt.len() + step).map_err(err)?;
+            batch.clear();
+            batch
+                .add(next, pos, &[0], true)
+                .map_err(|e| InferenceError::engine("chat batch", e))?;
+            ctx.decode(&mut batch)
+                .map_err(|e| InferenceError::engine("chat decode", e))?;
+            logits_at = 0;
+            pos += 1;
         }
-        if text.len() > emitted && text.is_char_boundary(emitted) {
-            on_text(&text[emitted..]);
-        }
+        piece.zeroize();
+        stream.finish(&mut |s| {
+            text.push_str(s);
+            on_text(s);
+        });
         Ok(Generation {
             text,
-            tokens: generated.len(),
+            tokens,
             prompt_tokens: prompt.len(),
             finish_reason: finish,
         })
     }
 }
 
-type TokenizerParts = (Tokenizer, Vec<u32>, Vec<String>);
+/// `/proc/self/fd/N` for an open file, where the platform has it.
+fn proc_fd_path(file: &std::fs::File) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    let p = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    p.exists().then_some(p)
+}
 
-/// Builds SmolLM2's byte-level BPE tokenizer from the GGUF metadata: the
-/// vocabulary, merges, control tokens (token type 3), and the pre-tokenizer
-/// of its `smollm` family (individual digits, then GPT-2 byte-level split).
-fn tokenizer_from_gguf(ct: &gguf_file::Content) -> Result<TokenizerParts, InferenceError> {
-    let model = md_str(ct, "tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(InferenceError::load(
-            "SmolLM2 GGUF",
-            format!("tokenizer model {model:?} is not gpt2 (byte-level BPE)"),
-        ));
-    }
-    let tokens = md_strings(ct, "tokenizer.ggml.tokens")?;
-    let merges = md_strings(ct, "tokenizer.ggml.merges")?;
-    let types: Vec<u32> = ct
-        .metadata
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-        .map(|v| {
-            v.iter()
-                .map(|t| {
-                    t.to_i32()
-                        .map(|x| x as u32)
-                        .or_else(|_| t.to_u32())
-                        .unwrap_or(1)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let merges: Vec<(String, String)> = merges
-        .iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| InferenceError::load("SmolLM2 GGUF", "malformed merge"))
-        })
-        .collect::<Result<_, _>>()?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| InferenceError::load("SmolLM2 tokenizer", e))?;
-    let mut tk = Tokenizer::new(bpe);
-    tk.with_pre_tokenizer(Some(Sequence::new(vec![
-        Digits::new(true).into(),
-        ByteLevel::new(false, true, true).into(),
-    ])));
-    tk.with_decoder(Some(ByteLevel::default()));
-    let control: Vec<String> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, &t)| t == 3)
-        .map(|(s, _)| s.clone())
-        .collect();
-    let added: Vec<AddedToken> = control
-        .iter()
-        .map(|c| AddedToken::from(c.clone(), true))
-        .collect();
-    tk.add_special_tokens(&added);
-    let eos = md_u32(ct, "tokenizer.ggml.eos_token_id")?;
-    let mut stop = vec![eos];
-    for name in ["<|im_end|>", "<|endoftext|>"] {
-        if let Some(i) = tokens.iter().position(|t| t == name) {
-            if !stop.contains(&(i as u32)) {
-                stop.push(i as u32);
+/// Turns token bytes into text pieces of whole characters: a byte-level
+/// token can end inside a multi-byte character, which waits for the next
+/// token; bytes that can never be valid become U+FFFD (as
+/// `String::from_utf8_lossy` would). Zeroises its buffer on drop.
+#[derive(Default)]
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8], out: &mut dyn FnMut(&str)) {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        loop {
+            match std::str::from_utf8(&self.pending[start..]) {
+                Ok(s) => {
+                    if !s.is_empty() {
+                        out(s);
+                    }
+                    start = self.pending.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    if valid > 0 {
+                        // Valid by the check above.
+                        out(&String::from_utf8_lossy(
+                            &self.pending[start..start + valid],
+                        ));
+                    }
+                    start += valid;
+                    match e.error_len() {
+                        Some(n) => {
+                            out("\u{FFFD}");
+                            start += n;
+                        }
+                        None => break,
+                    }
+                }
             }
         }
+        self.pending[..start].zeroize();
+        self.pending.drain(..start);
     }
-    Ok((tk, stop, control))
+
+    fn finish(&mut self, out: &mut dyn FnMut(&str)) {
+        if !self.pending.is_empty() {
+            out(&String::from_utf8_lossy(&self.pending));
+            self.pending.zeroize();
+            self.pending.clear();
+        }
+    }
+}
+
+impl Drop for Utf8Stream {
+    fn drop(&mut self) {
+        self.pending.zeroize();
+    }
+}
+
+/// Greedy or seeded temperature / top-p sampling over llama.cpp's logits.
+struct Sampler {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    rng: rand::rngs::StdRng,
+    probs: Vec<(f64, u32)>,
+}
+
+impl Sampler {
+    fn new(p: &SamplingParams) -> Self {
+        Self {
+            temperature: (p.temperature > 0.0).then_some(p.temperature),
+            top_p: p.top_p.filter(|&t| t > 0.0 && t < 1.0),
+            rng: rand::rngs::StdRng::seed_from_u64(p.seed),
+            probs: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, logits: &[f32]) -> u32 {
+        let Some(temp) = self.temperature else {
+            return argmax(logits);
+        };
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        self.probs.clear();
+        let mut sum = 0.0;
+        for (i, &l) in logits.iter().enumerate() {
+            let p = ((l as f64 - max) / temp).exp();
+            sum += p;
+            self.probs.push((p, i as u32));
+        }
+        if !(sum.is_finite() && sum > 0.0) {
+            return argmax(logits);
+        }
+        // Most likely first (ties by id, so the order is deterministic).
+        self.probs
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut keep = self.probs.len();
+        if let Some(top_p) = self.top_p {
+            let mut cum = 0.0;
+            for (i, (p, _)) in self.probs.iter().enumerate() {
+                cum += p / sum;
+                if cum >= top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept: f64 = self.probs[..keep].iter().map(|(p, _)| p).sum();
+        let mut r = self.rng.gen::<f64>() * kept;
+        for &(p, id) in &self.probs[..keep] {
+            if r < p {
+                return id;
+            }
+            r -= p;
+        }
+        self.probs[keep - 1].1
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// Checks the GGUF's chat template is ChatML and extracts the default system
@@ -477,5 +554,59 @@ mod tests {
             Some("You are X")
         );
         assert!(chatml_default_system("{{ bos_token }}[INST]").is_err());
+    }
+
+    fn stream(chunks: &[&[u8]]) -> (Vec<String>, String) {
+        let mut s = Utf8Stream::default();
+        let mut pieces = Vec::new();
+        for c in chunks {
+            s.push(c, &mut |p| pieces.push(p.to_string()));
+        }
+        s.finish(&mut |p| pieces.push(p.to_string()));
+        let all = pieces.concat();
+        (pieces, all)
+    }
+
+    #[test]
+    fn utf8_stream_waits_for_whole_characters() {
+        let e = "é".as_bytes();
+        let (pieces, all) = stream(&[b"caf", &e[..1], &e[1..], b"!"]);
+        assert_eq!(pieces, ["caf", "é", "!"]);
+        assert_eq!(all, "café!");
+        // Invalid bytes and a truncated tail become U+FFFD, as lossy decoding does.
+        let bytes: &[u8] = &[b'a', 0xff, b'b', 0xe2, 0x82];
+        let (_, all) = stream(&[bytes]);
+        assert_eq!(all, String::from_utf8_lossy(bytes));
+    }
+
+    #[test]
+    fn sampler_is_greedy_at_zero_and_seeded_otherwise() {
+        let logits = [0.1f32, 2.0, 1.9, -1.0];
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            top_p: None,
+            max_tokens: 1,
+            seed: 3,
+        };
+        assert_eq!(Sampler::new(&greedy).sample(&logits), 1);
+        let hot = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.9),
+            ..greedy
+        };
+        let draw = |seed| {
+            let mut s = Sampler::new(&SamplingParams { seed, ..hot });
+            (0..32).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+        // top-p 0.9 cuts the least likely token (p ≈ 0.03).
+        assert!(draw(5).iter().all(|&t| t != 3));
+        let narrow = SamplingParams {
+            top_p: Some(0.3),
+            ..hot
+        };
+        let mut s = Sampler::new(&narrow);
+        assert!((0..32).all(|_| s.sample(&logits) == 1));
     }
 }

@@ -1,19 +1,17 @@
 //! The `embed` workload: all-MiniLM-L6-v2 sentence embeddings.
 //!
-//! BERT forward pass in candle, mean pooling over real tokens (the attention
-//! mask), L2 normalisation: the sentence-transformers recipe. The model's
-//! tokenizer.json pads every input to 128 tokens; padding is switched off
-//! and a batch is grouped by length, so a short sentence costs only its own
-//! tokens (padding to 128 costs about 3x).
+//! BERT forward pass ([`crate::minilm`], fused CPU kernels), mean pooling
+//! over each sentence's own tokens, L2 normalisation: the
+//! sentence-transformers recipe. The model's tokenizer.json pads every input
+//! to 128 tokens; padding is switched off and every sentence of a batch is
+//! run at its true length (padding to 128 costs about 3x).
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::manifest::{read_verified, WorkloadKind};
+use crate::minilm::MiniLm;
 use crate::InferenceError;
 
 /// Embedding width of all-MiniLM-L6-v2.
@@ -21,14 +19,14 @@ pub const EMBED_DIM: usize = 384;
 /// Tokens per text kept (sentence-transformers' `max_seq_length`); longer
 /// texts are truncated, as the reference implementation does.
 pub const MAX_SEQ_TOKENS: usize = 256;
-/// Largest group run through the model at once.
+/// Most sentences run through the model at once (bounds the activations'
+/// memory: 16 × 256 tokens × 1536 floats for the widest layer).
 const MAX_GROUP: usize = 16;
 
 /// A loaded MiniLM model and tokenizer. `Send + Sync`: share one per process.
 pub struct Embedder {
-    model: BertModel,
+    model: MiniLm,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl Embedder {
@@ -37,13 +35,14 @@ impl Embedder {
         let m = WorkloadKind::Embed.manifest();
         let file = |i: usize| read_verified(dir, &m.files[i].0, &m.files[i].1);
         let (cfg, weights, tok) = (file(0)?, file(1)?, file(2)?);
-        let config: Config = serde_json::from_slice(&cfg)
-            .map_err(|e| InferenceError::load("MiniLM config.json", e))?;
-        let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| InferenceError::load("MiniLM model.safetensors", e))?;
-        let model =
-            BertModel::load(vb, &config).map_err(|e| InferenceError::load("MiniLM weights", e))?;
+        let model = MiniLm::from_bytes(&cfg, &weights)
+            .map_err(|e| InferenceError::load("MiniLM model", e))?;
+        if model.hidden_size() != EMBED_DIM || model.max_positions() < MAX_SEQ_TOKENS {
+            return Err(InferenceError::load(
+                "MiniLM model",
+                "dimensions differ from all-MiniLM-L6-v2",
+            ));
+        }
         let mut tokenizer = Tokenizer::from_bytes(&tok)
             .map_err(|e| InferenceError::load("MiniLM tokenizer.json", e))?;
         tokenizer.with_padding(None);
@@ -53,11 +52,7 @@ impl Embedder {
                 ..Default::default()
             }))
             .map_err(|e| InferenceError::load("MiniLM tokenizer truncation", e))?;
-        Ok(Self {
-            model,
-            tokenizer,
-            device,
-        })
+        Ok(Self { model, tokenizer })
     }
 
     /// Token ids of one text (with `[CLS]`/`[SEP]`, truncated).
@@ -79,72 +74,31 @@ impl Embedder {
         self.embed_ids(&ids)
     }
 
-    /// Embeddings of already tokenised texts.
+    /// Embeddings of already tokenised texts (each 1..=[`MAX_SEQ_TOKENS`]
+    /// ids from this model's vocabulary).
     pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
-        let mut out = vec![Vec::new(); ids.len()];
-        let mut start = 0;
-        while start < order.len() {
-            // Grow the group while padding stays under ~20% of its tokens.
-            let min_len = ids[order[start]].len().max(1);
-            let mut end = start + 1;
-            while end < order.len()
-                && end - start < MAX_GROUP
-                && ids[order[end]].len() * 5 <= min_len * 6
-            {
-                end += 1;
+        for (i, s) in ids.iter().enumerate() {
+            if s.is_empty() || s.len() > MAX_SEQ_TOKENS {
+                return Err(InferenceError::input(format!(
+                    "sequence {i} has {} tokens; 1..={MAX_SEQ_TOKENS} allowed",
+                    s.len()
+                )));
             }
-            let group: Vec<&[u32]> = order[start..end]
-                .iter()
-                .map(|&i| ids[i].as_slice())
-                .collect();
-            let embs = self.forward_group(&group)?;
-            for (k, e) in order[start..end].iter().zip(embs) {
-                out[*k] = e;
+            if s.iter().any(|&t| t as usize >= self.model.vocab_size()) {
+                return Err(InferenceError::input(format!(
+                    "sequence {i} has a token id outside the vocabulary"
+                )));
             }
-            start = end;
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for group in ids.chunks(MAX_GROUP) {
+            let seqs: Vec<&[u32]> = group.iter().map(Vec::as_slice).collect();
+            for mut v in self.model.mean_pooled(&seqs) {
+                l2_normalize(&mut v);
+                out.push(v);
+            }
         }
         Ok(out)
-    }
-
-    fn forward_group(&self, group: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let err = |e: candle_core::Error| InferenceError::engine("embed forward", e);
-        let b = group.len();
-        let len = group.iter().map(|g| g.len()).max().unwrap_or(0).max(1);
-        let mut flat = vec![0u32; b * len];
-        let mut mask = vec![0f32; b * len];
-        for (r, g) in group.iter().enumerate() {
-            flat[r * len..r * len + g.len()].copy_from_slice(g);
-            mask[r * len..r * len + g.len()]
-                .iter_mut()
-                .for_each(|m| *m = 1.0);
-        }
-        let input = Tensor::from_vec(flat, (b, len), &self.device).map_err(err)?;
-        let types = input.zeros_like().map_err(err)?;
-        let mask_t = Tensor::from_vec(mask, (b, len), &self.device).map_err(err)?;
-        let attn = if group.iter().all(|g| g.len() == len) {
-            None
-        } else {
-            Some(&mask_t)
-        };
-        let hidden = self.model.forward(&input, &types, attn).map_err(err)?; // (b, len, dim)
-        let summed = hidden
-            .broadcast_mul(&mask_t.unsqueeze(2).map_err(err)?)
-            .map_err(err)?
-            .sum(1)
-            .map_err(err)?;
-        let rows: Vec<Vec<f32>> = summed.to_vec2().map_err(err)?;
-        Ok(rows
-            .into_iter()
-            .zip(group)
-            .map(|(mut v, g)| {
-                let n = g.len().max(1) as f32;
-                v.iter_mut().for_each(|x| *x /= n);
-                l2_normalize(&mut v);
-                v
-            })
-            .collect())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod data;
 pub mod embed;
 pub mod error;
 pub mod manifest;
+pub mod minilm;
 pub mod models;
 pub mod runtime;
 

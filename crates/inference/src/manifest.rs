@@ -173,6 +173,50 @@ impl Manifest {
     }
 }
 
+/// Opens a manifest file and checks its pinned hash through the open handle,
+/// for engines that load from a path (llama.cpp): they are pointed at this
+/// handle (`/proc/self/fd/N`), so a file renamed over the checked one after
+/// the check is never used.
+pub(crate) fn open_verified(
+    dir: &Path,
+    name: &str,
+    sha: &[u8; 32],
+) -> Result<std::fs::File, InferenceError> {
+    use std::io::{Read, Seek};
+    let path = dir.join(name);
+    let mut f = std::fs::File::open(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InferenceError::Models(crate::models::FetchError::NotFetched {
+                dir: dir.display().to_string(),
+                missing: vec![name.to_string()],
+            })
+        } else {
+            InferenceError::load(name, e)
+        }
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| InferenceError::load(name, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let actual: [u8; 32] = h.finalize().into();
+    if &actual != sha {
+        return Err(InferenceError::ModelHash {
+            file: name.to_string(),
+            expected: hex::encode(sha),
+            actual: hex::encode(actual),
+        });
+    }
+    f.rewind().map_err(|e| InferenceError::load(name, e))?;
+    Ok(f)
+}
+
 /// Reads a manifest file into memory and checks its pinned hash; the caller
 /// parses these exact bytes, so a file swapped after the check is never used.
 pub(crate) fn read_verified(

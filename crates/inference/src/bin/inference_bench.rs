@@ -7,12 +7,14 @@
 //! embed: the 64 sentences of assets/bench_sentences.txt (~27 tokens each),
 //! one at a time (batch 1) and in batches of 32, true sequence lengths;
 //! reports sentences/s and the worst cosine to the numpy fp32 reference.
-//! chat: SmolLM2-135M, a fixed prompt, greedy, 128 new tokens; prompt and
-//! generation tokens/s for each in-memory weight format.
+//! chat: SmolLM2-135M through llama.cpp (the crate's chat engine), a fixed
+//! prompt, greedy, 128 new tokens, `BENCH_THREADS` threads (default 2, as
+//! the anchor); prompt tokens/s, and generation tokens/s from the first
+//! streamed token to the last.
 
 use std::time::Instant;
 
-use archipelago_inference::chat::{ChatModel, Message, SamplingParams, WeightFormat};
+use archipelago_inference::chat::{ChatModel, Message, SamplingParams};
 use archipelago_inference::embed::{cosine, Embedder};
 use archipelago_inference::ModelStore;
 
@@ -69,57 +71,62 @@ fn bench_embed(store: &ModelStore) -> anyhow::Result<()> {
     }
     let b32 = (rounds * ids.len()) as f64 / t.elapsed().as_secs_f64();
     println!(
-        "embed candle: {} sentences, {mean_tokens:.1} tokens mean",
+        "embed archipelago (fused MiniLM): {} sentences, {mean_tokens:.1} tokens mean",
         ids.len()
     );
-    println!("embed candle: batch 1 {b1:.1} sentences/s, batch 32 {b32:.1} sentences/s, worst cosine to reference {worst:.6}");
+    println!("embed archipelago (fused MiniLM): batch 1 {b1:.1} sentences/s, batch 32 {b32:.1} sentences/s, worst cosine to reference {worst:.6}");
     Ok(())
 }
 
 fn bench_chat(store: &ModelStore) -> anyhow::Result<()> {
+    // Same thread count as the llama-cpp-python anchor (bench_reference.py).
+    let threads: usize = std::env::var("BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let prompt = "Write a short story about a lighthouse keeper who finds a message in a bottle.";
-    for format in [WeightFormat::Q8_0, WeightFormat::F32] {
-        let t = Instant::now();
-        let m = ChatModel::load_with(store.dir(), format)?;
-        let load = t.elapsed().as_secs_f64();
-        let msgs = [Message {
-            role: "user".into(),
-            content: prompt.into(),
-        }];
-        let ids = m.tokenize(&m.render(&msgs)?)?;
-        let params = SamplingParams {
-            temperature: 0.0,
-            top_p: None,
-            max_tokens: 128,
-            seed: 1,
-        };
-        // Prompt speed: a 1-token generation is dominated by the prompt pass.
-        let one = SamplingParams {
-            max_tokens: 1,
-            ..params
-        };
+    let t = Instant::now();
+    let m = ChatModel::load_with_threads(store.dir(), threads)?;
+    let load = t.elapsed().as_secs_f64();
+    let msgs = [Message {
+        role: "user".into(),
+        content: prompt.into(),
+    }];
+    let ids = m.tokenize(&m.render(&msgs)?)?;
+    let params = SamplingParams {
+        temperature: 0.0,
+        top_p: None,
+        max_tokens: 128,
+        seed: 1,
+    };
+    // Prompt speed: a 1-token generation is the prompt pass plus one argmax.
+    let one = SamplingParams {
+        max_tokens: 1,
+        ..params
+    };
+    m.generate_ids(&ids, &one, &mut |_| {})?;
+    let reps = 3;
+    let t = Instant::now();
+    for _ in 0..reps {
         m.generate_ids(&ids, &one, &mut |_| {})?;
-        let t = Instant::now();
-        let reps = 3;
-        for _ in 0..reps {
-            m.generate_ids(&ids, &one, &mut |_| {})?;
-        }
-        let prompt_tps = (reps * ids.len()) as f64 / t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let g = m.generate_ids(&ids, &params, &mut |_| {})?;
-        let total = t.elapsed().as_secs_f64();
-        let prompt_time = ids.len() as f64 / prompt_tps;
-        let gen_tps = g.tokens.saturating_sub(1) as f64 / (total - prompt_time).max(1e-9);
-        println!(
-            "chat candle {format:?}: load {load:.2}s, prompt {} tokens {prompt_tps:.1} tok/s, generation {} tokens {gen_tps:.1} tok/s",
-            ids.len(),
-            g.tokens
-        );
-        let head: String = g.text.chars().take(200).collect();
-        println!(
-            "chat candle {format:?} greedy text: {}",
-            serde_json::to_string(&head)?
-        );
     }
+    let prompt_tps = (reps * ids.len()) as f64 / t.elapsed().as_secs_f64();
+    // Generation speed: from the first streamed token to the last.
+    let mut first: Option<Instant> = None;
+    let g = m.generate_ids(&ids, &params, &mut |_| {
+        first.get_or_insert_with(Instant::now);
+    })?;
+    let gen_time = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let gen_tps = g.tokens.saturating_sub(1) as f64 / gen_time.max(1e-9);
+    println!(
+        "chat llama.cpp in crate (llama-cpp-2, Q4_1, {threads} threads): load {load:.2}s, prompt {} tokens {prompt_tps:.1} tok/s, generation {} tokens {gen_tps:.1} tok/s",
+        ids.len(),
+        g.tokens
+    );
+    let head: String = g.text.chars().take(200).collect();
+    println!(
+        "chat llama.cpp in crate greedy text: {}",
+        serde_json::to_string(&head)?
+    );
     Ok(())
 }
