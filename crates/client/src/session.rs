@@ -403,6 +403,13 @@ impl Session {
     pub fn records(&self) -> Option<&RequestRecords> {
         self.records.as_ref()
     }
+    /// The configured default key id, if any.
+    pub fn default_key_id(&self) -> Option<&str> {
+        self.default_key.as_deref()
+    }
+    pub(crate) fn passphrase_ref(&self) -> Option<&Passphrase> {
+        self.passphrase.as_ref()
+    }
 
     /// The stored key to use: `key_id`, else the configured one, else the
     /// newest in the keystore.
