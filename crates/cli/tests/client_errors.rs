@@ -25,17 +25,17 @@ fn stderr(o: &Output, home: &Path) -> String {
 }
 
 #[test]
-fn he_mode_is_refused_with_what_to_do() {
+fn he_mode_for_a_workload_without_it_is_refused_with_what_to_do() {
     let home = tempfile::tempdir().unwrap();
     let o = archipelago(
         home.path(),
-        &["run", "--workload", "classify", "--he", "text"],
+        &["run", "--workload", "chat", "--he", "text"],
         &[],
     );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o, home.path()),
-        "error: homomorphic mode (--he) is not available in this build yet; run the job with --confidential (TEE) instead\n"
+        "error: homomorphic mode (--he) runs only the classify workload (he-classify) and he-aggregate; run other workloads with --confidential (TEE)\n"
     );
     let o = archipelago(home.path(), &["run", "--he", "--json", "text"], &[]);
     assert_eq!(o.status.code(), Some(1));

@@ -923,3 +923,211 @@ fn enclave_crash_restart_and_reattestation_then_graceful_shutdown() {
     assert!(log.contains("island agent stopped"));
     let _ = std::fs::remove_dir_all(&net.dir);
 }
+
+// ---------------------------------------------------------------- homomorphic (issue 8)
+
+/// An island with the fetched models (`tee` is `sim` or `none`).
+fn island_with_models(net: &Net, name: &str, tee: &str) -> Island {
+    let dir = net.dir.join(name);
+    let mut cmd = Command::new(archipelago_bin());
+    cmd.args([
+        "island",
+        "--coordinator",
+        &net.api.base,
+        "--enrollment-token",
+        &net.token,
+        "--name",
+        name,
+        "--lease-wait-ms",
+        "1500",
+        "--tee",
+        tee,
+    ])
+    .arg("--enclave-bin")
+    .arg(enclave_bin())
+    .arg("--data-dir")
+    .arg(&dir);
+    if tee == "sim" {
+        cmd.arg("--sim-root").arg(&net.sim_root);
+    }
+    let proc = Proc::spawn(cmd, net.dir.join(format!("{name}.log")));
+    Island { proc, dir }
+}
+
+/// Runs the `archipelago` CLI as the user, with its own keystore and policy.
+fn cli(net: &Net, policy: &Path, args: &[&str]) -> Value {
+    let home = net.dir.join("user");
+    let out = Command::new(archipelago_bin())
+        .args(args)
+        .env("ARCHIPELAGO_URL", &net.api.base)
+        .env("ARCHIPELAGO_API_KEY", &net.api.key)
+        .env("ARCHIPELAGO_POLICY", policy)
+        .env("ARCHIPELAGO_KEYSTORE", home.join("keys"))
+        .env("ARCHIPELAGO_HOME", &home)
+        .env("ARCHIPELAGO_CONFIG", home.join("absent.toml"))
+        .env_remove("ARCHIPELAGO_KEY_ID")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "archipelago {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "archipelago {args:?} did not print JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// `archipelago run --workload classify --he "text"` through an island with
+/// no TEE gives the same label as the plain and the confidential (sim TEE)
+/// runs of the same text; the island's log and data directory and the
+/// coordinator's log and database never contain the text; the job is billed
+/// by measured time and counted apart in `/confidential/stats`.
+#[test]
+fn he_classify_without_tee_matches_plain_and_confidential() {
+    let net = Net::start("he");
+    let none = island_with_models(&net, "no-tee", "none");
+    let none_id = none.id();
+    let text = "I started this pill three months ago and my periods became irregular, with spotting and cramps (zq81).";
+    let secret_word = "zq81";
+    // The client policy pins the sim enclave measured with the models.
+    let models = archipelago_inference::ModelStore::from_env().unwrap();
+    models
+        .check()
+        .expect("this test needs the fetched models: scripts/fetch-models.sh");
+    let m = Command::new(enclave_bin())
+        .arg("measure")
+        .arg("--models-dir")
+        .arg(models.dir())
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "archipelago-enclave measure failed");
+    let measurement = String::from_utf8(m.stdout).unwrap().trim().to_string();
+    let policy = net.dir.join("client-policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "accepted_tees = [\"sim\"]\naccept_sim = true\n[sim]\nroots = [\"{}\"]\nmeasurements = [\"{measurement}\"]\n",
+            net.sim_root_b64
+        ),
+    )
+    .unwrap();
+
+    // 1. Homomorphic, while the TEE-less island is the only island.
+    let he = cli(
+        &net,
+        &policy,
+        &["run", "--workload", "classify", "--he", "--json", text],
+    );
+    assert_eq!(he["state"], "succeeded", "{he}");
+    assert_eq!(he["mode"], "he", "{he}");
+    assert_eq!(
+        he["island_id"],
+        none_id.as_str(),
+        "ran on the island without a TEE"
+    );
+    let he_label = he["output"]["label"].as_str().unwrap().to_string();
+    assert_eq!(he["output"]["labels"][0]["label"], he_label.as_str());
+    let he_job = net.job(he["job_id"].as_str().unwrap());
+    assert!(he_job["execution_ms"].as_i64().unwrap() >= 1, "{he_job}");
+    let w = net.api.get("/workloads/3");
+    let rate = w["price_per_second"].as_i64().unwrap();
+    let ms = he_job["execution_ms"].as_i64().unwrap();
+    let cost = he_job["cost"].as_i64().unwrap();
+    assert_eq!(
+        cost,
+        (ms * rate + 999) / 1000,
+        "billed by measured time at the workload rate: {he_job}"
+    );
+    assert!(cost >= 1);
+    let stats = net.api.get("/confidential/stats");
+    assert_eq!(stats["he_jobs"]["succeeded"], 1, "{stats}");
+    assert!(stats["he_capable_hosts"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(stats.get("tee_types").is_some() && stats.get("attested_hosts").is_some());
+
+    // Nothing that saw the HE job holds the text: island log and data dir,
+    // coordinator log and database (grepped while running; WAL included).
+    let mut files = vec![none.proc.log.clone(), net.coordinator.log.clone()];
+    files.extend(files_under(&none.dir));
+    files.extend(files_under(&net.dir.join("coordinator")));
+    assert!(files.iter().any(|f| f.to_string_lossy().ends_with(".db")));
+    for needle in [text, secret_word, "periods became irregular"] {
+        let hits = grep_files(&files, needle);
+        assert!(hits.is_empty(), "plaintext {needle:?} found in {hits:?}");
+    }
+
+    // 2. Plain: the same text in the clear (now the database holds it).
+    let plain = cli(
+        &net,
+        &policy,
+        &["run", "--workload", "classify", "--json", text],
+    );
+    assert_eq!(plain["state"], "succeeded", "{plain}");
+    assert_eq!(
+        plain["output"]["labels"][0]["label"],
+        he_label.as_str(),
+        "{plain}"
+    );
+    let mut db = files_under(&net.dir.join("coordinator"));
+    db.retain(|f| f.to_string_lossy().contains(".db"));
+    assert!(
+        !grep_files(&db, secret_word).is_empty(),
+        "the grep sees plain-job text, so it would have seen a leak"
+    );
+
+    // 3. Confidential, in a sim enclave with the same head.
+    let tee = island_with_models(&net, "sim-tee", "sim");
+    let tee_id = tee.id();
+    wait_until("the sim island to attest", Duration::from_secs(180), || {
+        let s = net.api.get("/confidential/stats");
+        (s["attested_hosts"].as_u64() >= Some(1)).then_some(())
+    });
+    cli(&net, &policy, &["keys", "create", "--json"]);
+    let conf = cli(
+        &net,
+        &policy,
+        &[
+            "run",
+            "--workload",
+            "classify",
+            "--confidential",
+            "--json",
+            text,
+        ],
+    );
+    assert_eq!(conf["state"], "succeeded", "{conf}");
+    assert_eq!(
+        conf["output"]["labels"][0]["label"],
+        he_label.as_str(),
+        "{conf}"
+    );
+    let conf_job = net.job(conf["job_id"].as_str().unwrap());
+    assert_eq!(conf_job["island_id"], tee_id.as_str());
+    let stats = net.api.get("/confidential/stats");
+    assert_eq!(stats["tee_jobs"]["succeeded"], 1, "{stats}");
+    assert_eq!(stats["he_jobs"]["succeeded"], 1, "{stats}");
+
+    // A bad HE input (a ciphertext for another key) is refused at
+    // submission with a clear error, and the island is still alive.
+    let (status, body) = net.api.call(
+        reqwest::Method::POST,
+        "/jobs",
+        Some(&json!({
+            "workload_id": 3, "confidential": true, "encryption_key_id": he_job["encryption_key_id"],
+            "input": {"encrypted": true, "key_id": he_job["encryption_key_id"], "ciphertext": "QVJIRQEDAQA"},
+        })),
+    );
+    assert_eq!(status, 422, "{body}");
+    drop(tee);
+    let mut none = none;
+    assert!(none.proc.alive(), "the TEE-less island is still running");
+    drop(none);
+    let Net {
+        coordinator, dir, ..
+    } = net;
+    drop(coordinator);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,8 +74,12 @@ pub enum ClientError {
     UnexpectedEnclave { found: String, expected: String },
     #[error("no record of the request behind this output (request id {request_id}): only the SDK or gateway that encrypted the input can decrypt it")]
     UnknownRequest { request_id: String },
-    #[error("homomorphic mode (--he) is not available in this build yet; run the job with --confidential (TEE) instead")]
+    #[error("homomorphic mode (--he) runs only the classify workload (he-classify) and he-aggregate; run other workloads with --confidential (TEE)")]
     HeUnavailable,
+    #[error("homomorphic encryption: {0}")]
+    He(String),
+    #[error("the local MiniLM model (needed to embed the text on this machine before encrypting it) is not available: {0}")]
+    LocalModel(String),
     #[error("attestation policy: {0}")]
     Policy(String),
     #[error("configuration: {0}")]
@@ -137,6 +141,8 @@ impl ClientError {
             ClientError::UnexpectedEnclave { .. } => "unexpected_enclave",
             ClientError::UnknownRequest { .. } => "unknown_request",
             ClientError::HeUnavailable => "he_unavailable",
+            ClientError::He(_) => "he_error",
+            ClientError::LocalModel(_) => "local_model_unavailable",
             ClientError::Policy(_) => "policy_error",
             ClientError::Config(_) => "config_error",
             ClientError::InvalidInput(_) => "invalid_input",

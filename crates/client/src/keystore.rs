@@ -123,8 +123,8 @@ struct KeyFile {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SecretField {
-    scheme: String,
+pub(crate) struct SecretField {
+    pub(crate) scheme: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,55 +227,7 @@ impl Keystore {
     ) -> Result<StoredKey, KeystoreError> {
         let key_id = sk.client_id();
         let path = self.path_of(&key_id);
-        let secret = match passphrase {
-            None => SecretField {
-                scheme: SCHEME_PLAIN.into(),
-                key: Some(b64::encode_std(sk.to_bytes().as_ref())),
-                salt: None,
-                m_cost: None,
-                t_cost: None,
-                p_cost: None,
-                nonce: None,
-                ciphertext: None,
-            },
-            Some(pass) => {
-                let mut salt = [0u8; 16];
-                let mut nonce = [0u8; 12];
-                rand::rngs::OsRng.fill_bytes(&mut salt);
-                rand::rngs::OsRng.fill_bytes(&mut nonce);
-                let k = stretch(pass, &salt, M_COST_KIB, T_COST, P_COST).map_err(|reason| {
-                    KeystoreError::Corrupt {
-                        path: path.display().to_string(),
-                        reason,
-                    }
-                })?;
-                let kr: &[u8; 32] = &k;
-                let cipher = ChaCha20Poly1305::new(kr.into());
-                let secret_bytes = sk.to_bytes();
-                let ct = cipher
-                    .encrypt(
-                        (&nonce).into(),
-                        Payload {
-                            msg: secret_bytes.as_ref(),
-                            aad: key_id.as_str().as_bytes(),
-                        },
-                    )
-                    .map_err(|_| KeystoreError::Corrupt {
-                        path: path.display().to_string(),
-                        reason: "sealing failed".into(),
-                    })?;
-                SecretField {
-                    scheme: SCHEME_SEALED.into(),
-                    key: None,
-                    salt: Some(b64::encode_std(&salt)),
-                    m_cost: Some(M_COST_KIB),
-                    t_cost: Some(T_COST),
-                    p_cost: Some(P_COST),
-                    nonce: Some(b64::encode_std(&nonce)),
-                    ciphertext: Some(b64::encode_std(&ct)),
-                }
-            }
-        };
+        let secret = seal_secret(sk.to_bytes().as_ref(), passphrase, key_id.as_str(), &path)?;
         let file = KeyFile {
             version: 1,
             kind: "x25519".into(),
@@ -433,55 +385,7 @@ impl Keystore {
             path: path.display().to_string(),
             reason: reason.to_string(),
         };
-        let d32 =
-            |field: Option<&String>, what: &str| -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
-                let text = field.ok_or_else(|| corrupt(&format!("secret.{what} missing")))?;
-                b64::decode_any(text, 4096)
-                    .map(Zeroizing::new)
-                    .map_err(|_| corrupt(&format!("secret.{what} is not base64")))
-            };
-        let secret: Zeroizing<Vec<u8>> = match f.secret.scheme.as_str() {
-            SCHEME_PLAIN => d32(f.secret.key.as_ref(), "key")?,
-            SCHEME_SEALED => {
-                let pass = passphrase.ok_or_else(|| KeystoreError::PassphraseRequired {
-                    key_id: id.to_string(),
-                })?;
-                let salt = d32(f.secret.salt.as_ref(), "salt")?;
-                let nonce = d32(f.secret.nonce.as_ref(), "nonce")?;
-                let ct = d32(f.secret.ciphertext.as_ref(), "ciphertext")?;
-                let (m, t, p) = match (f.secret.m_cost, f.secret.t_cost, f.secret.p_cost) {
-                    (Some(m), Some(t), Some(p))
-                        if m <= MAX_M_COST_KIB
-                            && (1..=MAX_T_COST).contains(&t)
-                            && (1..=16).contains(&p) =>
-                    {
-                        (m, t, p)
-                    }
-                    _ => return Err(corrupt("argon2 parameters missing or out of range")),
-                };
-                let nonce: [u8; 12] = nonce
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("secret.nonce is not 12 bytes"))?;
-                let k = stretch(pass, &salt, m, t, p).map_err(|e| corrupt(&e))?;
-                let kr: &[u8; 32] = &k;
-                let cipher = ChaCha20Poly1305::new(kr.into());
-                Zeroizing::new(
-                    cipher
-                        .decrypt(
-                            (&nonce).into(),
-                            Payload {
-                                msg: &ct,
-                                aad: id.as_str().as_bytes(),
-                            },
-                        )
-                        .map_err(|_| KeystoreError::WrongPassphrase {
-                            key_id: id.to_string(),
-                        })?,
-                )
-            }
-            _ => return Err(corrupt("unknown secret.scheme")),
-        };
+        let secret = open_secret(&f.secret, passphrase, id.as_str(), &path, 4096)?;
         let bytes: [u8; 32] = secret
             .as_slice()
             .try_into()
@@ -510,6 +414,126 @@ impl Keystore {
     }
 }
 
+/// Seals (or stores plainly, without a passphrase) secret key bytes for a
+/// key file; `aad` is the key id, so a file moved onto another id does not
+/// open.
+pub(crate) fn seal_secret(
+    secret_bytes: &[u8],
+    passphrase: Option<&Passphrase>,
+    aad: &str,
+    path: &Path,
+) -> Result<SecretField, KeystoreError> {
+    let Some(pass) = passphrase else {
+        return Ok(SecretField {
+            scheme: SCHEME_PLAIN.into(),
+            key: Some(b64::encode_std(secret_bytes)),
+            salt: None,
+            m_cost: None,
+            t_cost: None,
+            p_cost: None,
+            nonce: None,
+            ciphertext: None,
+        });
+    };
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let k = stretch(pass, &salt, M_COST_KIB, T_COST, P_COST).map_err(|reason| {
+        KeystoreError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        }
+    })?;
+    let kr: &[u8; 32] = &k;
+    let cipher = ChaCha20Poly1305::new(kr.into());
+    let ct = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: secret_bytes,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| KeystoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: "sealing failed".into(),
+        })?;
+    Ok(SecretField {
+        scheme: SCHEME_SEALED.into(),
+        key: None,
+        salt: Some(b64::encode_std(&salt)),
+        m_cost: Some(M_COST_KIB),
+        t_cost: Some(T_COST),
+        p_cost: Some(P_COST),
+        nonce: Some(b64::encode_std(&nonce)),
+        ciphertext: Some(b64::encode_std(&ct)),
+    })
+}
+
+/// Opens a key file's secret field (the inverse of [`seal_secret`]);
+/// base64 fields longer than `max_b64` characters are refused.
+pub(crate) fn open_secret(
+    secret: &SecretField,
+    passphrase: Option<&Passphrase>,
+    aad: &str,
+    path: &Path,
+    max_b64: usize,
+) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    let corrupt = |reason: &str| KeystoreError::Corrupt {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    };
+    let d = |field: Option<&String>, what: &str| -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        let text = field.ok_or_else(|| corrupt(&format!("secret.{what} missing")))?;
+        b64::decode_any(text, max_b64)
+            .map(Zeroizing::new)
+            .map_err(|_| corrupt(&format!("secret.{what} is not base64")))
+    };
+    match secret.scheme.as_str() {
+        SCHEME_PLAIN => d(secret.key.as_ref(), "key"),
+        SCHEME_SEALED => {
+            let pass = passphrase.ok_or_else(|| KeystoreError::PassphraseRequired {
+                key_id: aad.to_string(),
+            })?;
+            let salt = d(secret.salt.as_ref(), "salt")?;
+            let nonce = d(secret.nonce.as_ref(), "nonce")?;
+            let ct = d(secret.ciphertext.as_ref(), "ciphertext")?;
+            let (m, t, p) = match (secret.m_cost, secret.t_cost, secret.p_cost) {
+                (Some(m), Some(t), Some(p))
+                    if m <= MAX_M_COST_KIB
+                        && (1..=MAX_T_COST).contains(&t)
+                        && (1..=16).contains(&p) =>
+                {
+                    (m, t, p)
+                }
+                _ => return Err(corrupt("argon2 parameters missing or out of range")),
+            };
+            let nonce: [u8; 12] = nonce
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt("secret.nonce is not 12 bytes"))?;
+            let k = stretch(pass, &salt, m, t, p).map_err(|e| corrupt(&e))?;
+            let kr: &[u8; 32] = &k;
+            let cipher = ChaCha20Poly1305::new(kr.into());
+            Ok(Zeroizing::new(
+                cipher
+                    .decrypt(
+                        (&nonce).into(),
+                        Payload {
+                            msg: &ct,
+                            aad: aad.as_bytes(),
+                        },
+                    )
+                    .map_err(|_| KeystoreError::WrongPassphrase {
+                        key_id: aad.to_string(),
+                    })?,
+            ))
+        }
+        _ => Err(corrupt("unknown secret.scheme")),
+    }
+}
+
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -522,7 +546,10 @@ fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
 }
 
 #[cfg(unix)]
-fn check_private_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeystoreError> {
+pub(crate) fn check_private_mode(
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), KeystoreError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -535,7 +562,10 @@ fn check_private_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), Keyst
 }
 
 #[cfg(not(unix))]
-fn check_private_mode(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), KeystoreError> {
+pub(crate) fn check_private_mode(
+    _path: &Path,
+    _meta: &std::fs::Metadata,
+) -> Result<(), KeystoreError> {
     Ok(())
 }
 

@@ -4,6 +4,9 @@
 //!
 //! - [`keystore`]: X25519 client keys (`ck_…`) in files of mode 0600,
 //!   optionally sealed under a passphrase (Argon2id + ChaCha20-Poly1305).
+//! - [`he_keystore`], [`he`]: homomorphic (`he-bfv`) keys and jobs: the
+//!   MiniLM embedding is computed here, encrypted under BFV, evaluated by
+//!   any island on ciphertext, and decrypted here.
 //! - [`config`]: where the coordinator is, the API key, the user's own
 //!   attestation policy (config file, then environment).
 //! - [`http`]: a typed client of the coordinator's `/api/v1`.
@@ -20,6 +23,8 @@
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod he;
+pub mod he_keystore;
 pub mod http;
 pub mod keystore;
 pub mod records;
@@ -29,6 +34,7 @@ pub mod verify;
 
 pub use config::ClientConfig;
 pub use error::{ClientError, KeystoreError};
+pub use he_keystore::StoredHeKey;
 pub use http::ApiClient;
 pub use keystore::{Keystore, StoredKey};
 pub use session::{ConfidentialOutput, Session, StreamEvent};

@@ -416,6 +416,31 @@ impl Session {
     pub fn records(&self) -> Option<&RequestRecords> {
         self.records.as_ref()
     }
+    /// The configured default key id, if any.
+    pub fn default_key_id(&self) -> Option<&str> {
+        self.default_key.as_deref()
+    }
+    pub(crate) fn passphrase_ref(&self) -> Option<&Passphrase> {
+        self.passphrase.as_ref()
+    }
+
+    /// Runs `load` with the session's passphrase; when the key is sealed and
+    /// no passphrase was given, asks the prompt (if any) and retries once.
+    pub(crate) fn with_key_passphrase<T>(
+        &self,
+        key_id: &str,
+        load: impl Fn(Option<&Passphrase>) -> Result<T, KeystoreError>,
+    ) -> Result<T, ClientError> {
+        match load(self.passphrase.as_ref()) {
+            Err(KeystoreError::PassphraseRequired { .. })
+                if self.passphrase.is_none() && self.passphrase_prompt.is_some() =>
+            {
+                let asked = self.passphrase_prompt.as_ref().and_then(|ask| ask(key_id));
+                Ok(load(asked.as_ref())?)
+            }
+            r => Ok(r?),
+        }
+    }
 
     /// The stored key to use: `key_id`, else the configured one, else the
     /// newest in the keystore.
@@ -429,15 +454,7 @@ impl Session {
     /// Loads a secret key. A sealed key opens with the session's passphrase
     /// (environment or file); without one, the prompt (if any) is asked.
     pub fn load_key(&self, key_id: &str) -> Result<SecretKey, ClientError> {
-        match self.keystore.load(key_id, self.passphrase.as_ref()) {
-            Err(KeystoreError::PassphraseRequired { .. })
-                if self.passphrase.is_none() && self.passphrase_prompt.is_some() =>
-            {
-                let asked = self.passphrase_prompt.as_ref().and_then(|ask| ask(key_id));
-                Ok(self.keystore.load(key_id, asked.as_ref())?)
-            }
-            r => Ok(r?),
-        }
+        self.with_key_passphrase(key_id, |p| self.keystore.load(key_id, p))
     }
 
     /// Creates a key in the keystore and registers its public half.

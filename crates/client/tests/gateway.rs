@@ -347,3 +347,194 @@ async fn a_policy_refusing_every_enclave_fails_fast_and_clearly() {
         "{e}"
     );
 }
+
+/// Homomorphic mode through the gateway and a real island agent without a
+/// TEE (in-process, `archipelago_island::run`): an `he-bfv` key made by the
+/// gateway, `/encrypt` of a feature vector and of aggregate records,
+/// submission, evaluation on ciphertext by the island, `/decrypt`; the
+/// label equals the plaintext head's, the totals are exact; a ciphertext
+/// for another key fails the job on the island with a clear code and the
+/// island keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn he_classify_and_aggregate_through_the_gateway_on_an_island_without_tee() {
+    let net = common::start().await;
+    let mut cfg = archipelago_island::AgentConfig::new(
+        &net.url,
+        net.dir.path().join("island"),
+        archipelago_island::TeeChoice::None,
+        archipelago_island::PlainRunner::echo_only(),
+    );
+    cfg.enrollment_token = Some(net.enrollment_token.clone());
+    cfg.lease_wait = Duration::from_millis(500);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let island = tokio::spawn(archipelago_island::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let gw = gateway(&net).await;
+    let http = reqwest::Client::new();
+    let k = net.api_key.as_str();
+    use reqwest::Method as M;
+
+    let (st, key) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/confidential/keys"),
+        k,
+        Some(json!({"kind": "he-bfv", "label": "he"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{key}");
+    assert_eq!(key["kind"], "he-bfv");
+    assert_eq!(key["params"], "bfv-n8192-q150-t40-v1");
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+
+    // he-classify on a unit feature vector.
+    let head = archipelago_inference::classify::LinearHead::builtin().unwrap();
+    let mut x: Vec<f32> = (0..384).map(|i| ((i * 37 % 101) as f32) - 50.0).collect();
+    let n = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+    x.iter_mut().for_each(|v| *v /= n);
+    let expected = head.top_k(&x, 1)[0].0.clone();
+    let (st, enc) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/confidential/encrypt"),
+        k,
+        Some(json!({"input": {"features": x}, "key_id": key_id})),
+    )
+    .await;
+    assert_eq!(st, 200, "{enc}");
+    assert_eq!(enc["mode"], "he");
+    assert_eq!(enc["workload_id"], 3);
+    let submit = |ct: &Value, w: i64| {
+        json!({"workload_id": w, "confidential": true, "encryption_key_id": key_id,
+            "input": {"encrypted": true, "key_id": key_id, "ciphertext": ct}})
+    };
+    let (st, job) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/jobs"),
+        k,
+        Some(submit(&enc["ciphertext"], 3)),
+    )
+    .await;
+    assert_eq!(st, 201, "{job}");
+    assert_eq!(job["mode"], "he");
+    let job = wait_job(&http, &gw, k, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(job["output"]["enclave_key_id"].is_null());
+    assert!(job["cost"].as_i64().unwrap() >= 1, "billed: {job}");
+    let (st, dec) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/confidential/decrypt"),
+        k,
+        Some(json!({"output": job, "key_id": key_id})),
+    )
+    .await;
+    assert_eq!(st, 200, "{dec}");
+    assert_eq!(dec["mode"], "he");
+    assert_eq!(dec["output"]["label"], expected.as_str(), "{dec}");
+    assert_eq!(dec["output"]["labels"][0]["label"], expected.as_str());
+
+    // he-aggregate: count, sum, mean and a histogram.
+    let schema = json!({"columns": [
+        {"kind": "value", "name": "ldl", "scale": 10.0, "min": 0.0, "max": 400.0},
+        {"kind": "histogram", "name": "band", "edges": [100.0, 160.0]},
+    ]});
+    let records = json!([[130.5, 130.5], [162.0, 162.0], [98.4, 98.4]]);
+    let (st, enc) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/confidential/encrypt"),
+        k,
+        Some(json!({"input": {"schema": schema, "records": records}, "key_id": key_id})),
+    )
+    .await;
+    assert_eq!(st, 200, "{enc}");
+    assert_eq!(enc["workload_id"], 4);
+    let (_, job) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/jobs"),
+        k,
+        Some(submit(&enc["ciphertext"], 4)),
+    )
+    .await;
+    let job = wait_job(&http, &gw, k, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (st, dec) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/confidential/decrypt"),
+        k,
+        Some(json!({"output": job["output"], "key_id": key_id})),
+    )
+    .await;
+    assert_eq!(st, 422, "the schema is needed: {dec}");
+    assert_eq!(dec["error"]["code"], "schema_required");
+    let (st, dec) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/confidential/decrypt"),
+        k,
+        Some(json!({"output": job["output"], "key_id": key_id, "schema": schema})),
+    )
+    .await;
+    assert_eq!(st, 200, "{dec}");
+    assert_eq!(dec["output"]["count"], 3);
+    let sum = dec["output"]["columns"][0]["sum"].as_f64().unwrap();
+    assert!((sum - 390.9).abs() < 1e-6, "{dec}");
+    assert_eq!(dec["output"]["columns"][1]["counts"], json!([1, 1, 1]));
+
+    // The coordinator checks only the header; the island parses the body
+    // strictly: a request with an unreduced coefficient fails the job there.
+    let sk = {
+        let ks = Keystore::open(net.dir.path().join("gateway").join("keys")).unwrap();
+        ks.load_he(&key_id, None).unwrap()
+    };
+    let mut bad = archipelago_he::encrypt_features(&sk, &x).unwrap();
+    let len = bad.len();
+    bad[len - 2000..len - 100].fill(0xff);
+    let ct = Value::String(archipelago_proto::b64::encode_url(&bad));
+    let (st, job) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/jobs"),
+        k,
+        Some(submit(&ct, 3)),
+    )
+    .await;
+    assert_eq!(st, 201, "{job}");
+    let job = wait_job(&http, &gw, k, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "he_malformed", "{job}");
+    assert!(
+        job["cost"].as_i64().unwrap_or(0) == 0,
+        "failures are not charged"
+    );
+    // ... and the island still serves.
+    let (_, job) = call(
+        &http,
+        M::POST,
+        format!("{gw}/api/v1/jobs"),
+        k,
+        Some(submit(&enc["ciphertext"], 4)),
+    )
+    .await;
+    let job = wait_job(&http, &gw, k, job["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let stats = call(
+        &http,
+        M::GET,
+        format!("{gw}/api/v1/confidential/stats"),
+        k,
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(stats["he_capable_hosts"], 1, "{stats}");
+    assert_eq!(stats["he_jobs"]["succeeded"], 3, "{stats}");
+    assert_eq!(stats["he_jobs"]["failed"], 1, "{stats}");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), island).await;
+}

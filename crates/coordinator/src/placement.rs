@@ -140,6 +140,42 @@ mod tests {
     }
 
     #[test]
+    fn he_jobs_go_to_any_he_capable_island_without_a_tee() {
+        let he = JobNeeds {
+            mode: "he".into(),
+            runtime: "he".into(),
+            memory_mb: 512,
+            recipients: vec![],
+        };
+        // No TEE, no enclave keys, no model runtime: only `he` and the flag.
+        let mut bare = cand("bare");
+        bare.runtimes = vec!["echo".into(), "he".into()];
+        bare.he_capable = true;
+        assert!(eligible(&he, &bare));
+        let mut tee = bare.clone();
+        tee.island_id = "tee".into();
+        tee.enclave_keys = vec!["ek_a".into()];
+        let mut no_flag = bare.clone();
+        no_flag.island_id = "no-flag".into();
+        no_flag.he_capable = false;
+        let mut no_runtime = bare.clone();
+        no_runtime.island_id = "no-runtime".into();
+        no_runtime.runtimes = vec!["echo".into(), "candle".into()];
+        assert!(!eligible(&he, &no_flag));
+        assert!(!eligible(&he, &no_runtime));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let cs = vec![bare, tee, no_flag, no_runtime];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            seen.insert(choose(&he, &cs, &mut rng).unwrap().island_id.clone());
+        }
+        let expect: std::collections::BTreeSet<String> = ["bare".to_string(), "tee".to_string()]
+            .into_iter()
+            .collect();
+        assert_eq!(seen, expect, "a TEE is neither needed nor preferred");
+    }
+
+    #[test]
     fn lower_load_and_better_reliability_win() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut busy = cand("busy");

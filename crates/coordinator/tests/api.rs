@@ -262,11 +262,77 @@ async fn key_registry(b: Backend) {
         .post("/api/v1/confidential/keys", &a, json!({"kind": "x25519"}))
         .await;
     assert_eq!(r.status, 422, "missing field is a 422");
-    // HE key material
-    let he = b64::encode_std(&[9u8; 256]);
-    let r = h.post("/api/v1/confidential/keys", &a, json!({"public_key": he, "kind": "he-bfv", "evaluation_keys": b64::encode_std(&[1u8; 64])})).await;
-    assert_eq!(r.status, 201);
+    // HE key material: parsed, id derived by the server, params recorded
+    let (he_sk, he_pm) = archipelago_he::generate_keypair().unwrap();
+    let he = b64::encode_std(he_pm.to_bytes());
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": he, "kind": "he-bfv", "evaluation_keys": b64::encode_std(&[1u8; 64])}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "no separate evaluation keys");
+    assert_eq!(r.body["error"]["fields"][0]["field"], "evaluation_keys");
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": he, "kind": "he-bfv", "key_id": "ck_aaaaaaaaaaaaaaaaaaaaaaaaaa"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "the id is self-certifying");
+    assert!(r.body["error"]["fields"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains(he_pm.key_id()));
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": he, "kind": "he-bfv", "key_id": he_pm.key_id()}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["kind"], "he-bfv");
+    assert_eq!(r.body["key_id"], he_pm.key_id());
+    assert_eq!(r.body["params"], "bfv-n8192-q150-t40-v1");
+    // wrong kinds of material
+    for (bad, what) in [
+        (b64::encode_std(&he_sk.to_bytes()), "secret key"),
+        (pk.clone(), "X25519"),
+        (b64::encode_std(&[9u8; 256]), "bad magic"),
+    ] {
+        let r = h
+            .post(
+                "/api/v1/confidential/keys",
+                &a,
+                json!({"public_key": bad, "kind": "he-bfv"}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{what}: {:?}", r.body);
+        assert_eq!(r.body["error"]["fields"][0]["field"], "public_key");
+    }
+    // HE material sent as an X25519 key says what to do
+    let r = h
+        .post("/api/v1/confidential/keys", &a, json!({"public_key": he}))
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body["error"]["fields"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("he-bfv"));
+    // over the size limit: 413 with the limit in the message
+    let big = b64::encode_std(&vec![0u8; archipelago_he::MAX_PUBLIC_MATERIAL_BYTES + 1]);
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &a,
+            json!({"public_key": big, "kind": "he-bfv"}),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "payload_too_large");
     // list: own keys only
     assert_eq!(
         h.get("/api/v1/confidential/keys", &a).await.body["keys"]
@@ -1274,7 +1340,8 @@ both!(attestation_t, attestation_refusals);
 async fn he_placement(b: Backend) {
     let h = Harness::start(b).await;
     let (_, user) = h.user(10_000).await;
-    let he = b64::encode_std(&[5u8; 128]);
+    let (sk, pm) = archipelago_he::generate_keypair().unwrap();
+    let he = b64::encode_std(pm.to_bytes());
     let r = h
         .post(
             "/api/v1/confidential/keys",
@@ -1285,9 +1352,48 @@ async fn he_placement(b: Backend) {
     let kid = r.body["key_id"].as_str().unwrap().to_string();
     let (_, tplain) = h.island(plain_caps()).await;
     let (_, the) = h.island(he_caps()).await;
-    let body = json!({"workload_id": 4, "confidential": true, "encryption_key_id": kid,
-        "input": {"encrypted": true, "key_id": kid, "ciphertext": b64::encode_url(&[1u8; 64])}});
-    let r = h.post("/api/v1/jobs", &user, body).await;
+    let job = |workload: i64, ct: &[u8]| {
+        json!({"workload_id": workload, "confidential": true, "encryption_key_id": kid,
+            "input": {"encrypted": true, "key_id": kid, "ciphertext": b64::encode_url(ct)}})
+    };
+    let schema = archipelago_he::AggregateSchema {
+        columns: vec![archipelago_he::AggregateColumn::Value {
+            name: "v".into(),
+            scale: 1.0,
+            min: 0.0,
+            max: 10.0,
+        }],
+    };
+    let agg = archipelago_he::encrypt_records(&sk, &schema, &[vec![1.0], vec![2.0]]).unwrap();
+    let x: Vec<f32> = (0..384).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    let cls = archipelago_he::encrypt_features(&sk, &x).unwrap();
+    // refused at submission, reading only the header and key id
+    let (_, other) = archipelago_he::generate_keypair().unwrap();
+    let for_other = archipelago_he::encrypt_features(&other, &x).unwrap();
+    for (body, why) in [
+        (job(4, &[1u8; 64]), "not an ARHE message"),
+        (job(4, &cls), "a classify request for he-aggregate"),
+        (job(3, &agg), "an aggregate request for classify"),
+        (job(3, pm.to_bytes()), "public material as a request"),
+        (job(3, &for_other), "a request for another key"),
+        (job(3, &cls[..20]), "truncated before the key id"),
+        (job(2, &cls), "embed has no homomorphic mode"),
+    ] {
+        let r = h.post("/api/v1/jobs", &user, body).await;
+        assert_eq!(r.status, 422, "{why}: {:?}", r.body);
+    }
+    let mut unknown_params = cls.clone();
+    unknown_params[6] = 0x7f;
+    let r = h.post("/api/v1/jobs", &user, job(3, &unknown_params)).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.body["error"]["fields"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("parameter set"));
+    let r = h.post("/api/v1/jobs", &user, job(4, &agg)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["mode"], "he");
+    let r = h.post("/api/v1/jobs", &user, job(3, &cls)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(r.body["mode"], "he");
     assert_eq!(h.lease(&tplain, 0).await.status, 204);
@@ -1297,6 +1403,28 @@ async fn he_placement(b: Backend) {
     let r = h.get(&format!("/api/v1/island/he-keys/{kid}"), &the).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["public_key"], he);
+    // the classify HE job goes to the HE-capable island too (runtime `he`)
+    let l2 = h.lease(&the, 1000).await;
+    assert_eq!(l2.status, 200);
+    assert_eq!(l2.body["mode"], "he");
+    assert_eq!(l2.body["runtime"], "he");
+    // unknown key / a key of another kind
+    let r = h
+        .get("/api/v1/island/he-keys/ck_aaaaaaaaaaaaaaaaaaaaaaaaaa", &the)
+        .await;
+    assert_eq!(r.status, 404);
+    let x = SecretKey::generate();
+    let r = h
+        .post(
+            "/api/v1/confidential/keys",
+            &user,
+            json!({"public_key": x.public().to_base64()}),
+        )
+        .await;
+    let xid = r.body["key_id"].as_str().unwrap().to_string();
+    let r = h.get(&format!("/api/v1/island/he-keys/{xid}"), &the).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.body["error"]["code"], "wrong_key_kind");
     // he-aggregate has no plain mode
     let r = h
         .post(
@@ -1308,6 +1436,10 @@ async fn he_placement(b: Backend) {
     assert_eq!(r.status, 422);
     let s = h.get("/api/v1/confidential/stats", &user).await.body;
     assert_eq!(s["he_capable_hosts"], 1);
+    assert_eq!(s["he_jobs"]["assigned"], 2, "{s}");
+    assert_eq!(s["he_jobs"]["queued"], 0, "{s}");
+    assert_eq!(s["tee_jobs"]["assigned"], 0, "{s}");
+    assert!(s["tee_types"].is_object() && s["attested_hosts"].is_number());
     h.finish().await;
 }
 both!(he_t, he_placement);

@@ -48,4 +48,4 @@ pub use keys::{
     MAX_PUBLIC_MATERIAL_BYTES,
 };
 pub use params::ParamSet;
-pub use wire::{peek_header, HeaderInfo, MessageKind};
+pub use wire::{peek_header, peek_key_id, HeaderInfo, MessageKind};

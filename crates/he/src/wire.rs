@@ -121,6 +121,26 @@ pub fn peek_header(bytes: &[u8]) -> Result<HeaderInfo, HeError> {
     Ok(HeaderInfo { kind, param_set })
 }
 
+/// Header and key id of an HE request or response (every kind but the
+/// secret key and public material carries the key id right after the
+/// header), for early refusal by the coordinator and the island without
+/// parsing the ciphertext.
+pub fn peek_key_id(bytes: &[u8]) -> Result<(HeaderInfo, String), HeError> {
+    let info = peek_header(bytes)?;
+    if matches!(
+        info.kind,
+        MessageKind::PublicMaterial | MessageKind::SecretKey
+    ) {
+        return Err(HeError::WrongKind {
+            expected: "an HE request or response",
+            found: info.kind.name().to_string(),
+        });
+    }
+    let mut r = Reader::new(bytes, info.kind.name());
+    r.pos = HEADER_LEN;
+    Ok((info, r.key_id()?))
+}
+
 /// Check the header is `kind` and return a reader positioned after it.
 pub(crate) fn open(
     bytes: &[u8],

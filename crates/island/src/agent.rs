@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use archipelago_proto::api::{EncryptedPayload, JobError, MODE_PLAIN, MODE_TEE};
+use archipelago_proto::api::{EncryptedPayload, JobError, MODE_HE, MODE_PLAIN, MODE_TEE};
 use archipelago_proto::channel::{ErrorCode, JobRequest};
 use archipelago_proto::island::*;
 use archipelago_proto::{b64, KeyId};
@@ -37,6 +37,7 @@ use crate::client::{ClientError, CoordinatorClient};
 use crate::enclave::{
     self, stopped, Backoff, CurrentEnclave, EnclaveCommand, EnclaveEvent, JobOutcome,
 };
+use crate::he::{HeEvaluator, HE_RUNTIME};
 use crate::identity::{Identity, IDENTITY_FILE};
 use crate::plain::PlainRunner;
 use crate::tee::TeeChoice;
@@ -102,6 +103,8 @@ struct Ctx {
     island_id: String,
     capabilities: Capabilities,
     plain: PlainRunner,
+    /// Homomorphic evaluator (every island has one: no TEE needed).
+    he: Arc<HeEvaluator>,
     enclave: Option<CurrentEnclave>,
     /// Running jobs → their cancel switch.
     active: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -219,10 +222,13 @@ pub async fn run(
             _ => tracing::warn!("the enclave has not started yet; enrolling without its workloads"),
         }
     }
+    let he = Arc::new(HeEvaluator::builtin());
+    let mut runtimes = runtimes_for(&config.plain, &workloads);
+    runtimes.push(HE_RUNTIME.to_string());
     let capabilities = Capabilities {
         tee_type: tee_name.clone(),
-        he_capable: false,
-        runtimes: runtimes_for(&config.plain, &workloads),
+        he_capable: true,
+        runtimes,
         memory_mb: config.memory_mb,
         capacity: config.capacity as i64,
     };
@@ -248,6 +254,7 @@ pub async fn run(
         island_id: id.island_id.clone(),
         capabilities,
         plain: config.plain.clone(),
+        he,
         enclave: current,
         active: Mutex::new(HashMap::new()),
         capacity: config.capacity,
@@ -630,6 +637,7 @@ async fn execute(ctx: &Ctx, job: &LeasedJob) -> Finish {
     let mut finish = match job.mode.as_str() {
         MODE_PLAIN => execute_plain(ctx, job).await,
         MODE_TEE => execute_tee(ctx, job).await,
+        MODE_HE => execute_he(ctx, job).await,
         other => {
             tracing::warn!(job_id = %job.job_id, mode = other, "job mode not supported by this island");
             Finish::Post(failed(
@@ -774,6 +782,39 @@ async fn execute_tee(ctx: &Ctx, job: &LeasedJob) -> Finish {
         Err(e) => {
             tracing::warn!(job_id = %job.job_id, error = %e, "enclave failed while running the job");
             Finish::Release("the enclave went away during the job")
+        }
+    }
+}
+
+/// A homomorphic job: evaluated here on ciphertext (see [`crate::he`]).
+async fn execute_he(ctx: &Ctx, job: &LeasedJob) -> Finish {
+    let result = ctx
+        .he
+        .run(
+            &ctx.client,
+            job.workload_id,
+            job.encryption_key_id.as_deref(),
+            &job.input,
+        )
+        .await;
+    match result {
+        Ok(out) => {
+            tracing::info!(job_id = %job.job_id, response_len = out.response_len, exec_ms = out.execution_ms, "homomorphic job evaluated");
+            Finish::Post(ResultPost {
+                lease_id: String::new(),
+                outcome: "succeeded".into(),
+                execution_ms: out.execution_ms,
+                output: Some(out.output),
+                error: None,
+            })
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(job_id = %job.job_id, error = %e, "homomorphic job released");
+            Finish::Release("the HE key could not be fetched")
+        }
+        Err(e) => {
+            tracing::info!(job_id = %job.job_id, code = e.code(), "homomorphic job refused");
+            Finish::Post(failed(e.code(), &e.to_string()))
         }
     }
 }

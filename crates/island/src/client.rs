@@ -273,6 +273,44 @@ impl CoordinatorClient {
     }
 }
 
+impl CoordinatorClient {
+    /// `GET /island/he-keys/{key_id}`: the public material of a user's
+    /// `he-bfv` key (homomorphic jobs).
+    pub async fn he_key(&self, key_id: &str) -> Result<HeKeyMaterial, ClientError> {
+        let what = "HE key";
+        let url = format!("{}/api/v1/island/he-keys/{}", self.base, path_seg(key_id));
+        let mut req = self.http.get(url).timeout(SHORT);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Transport {
+            what,
+            detail: describe(&e),
+        })?;
+        let status = resp.status();
+        let bytes = read_limited(resp, what).await?;
+        if !status.is_success() {
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => (e.error.code, e.error.message.chars().take(512).collect()),
+                Err(_) => (
+                    "http_error".to_string(),
+                    format!("{} bytes of non-JSON error body", bytes.len()),
+                ),
+            };
+            return Err(ClientError::Refused {
+                what,
+                status: status.as_u16(),
+                code: code.chars().take(64).collect(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
+            what,
+            detail: format!("JSON at line {} column {}", e.line(), e.column()),
+        })
+    }
+}
+
 const SHORT: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(120);
 

@@ -6,8 +6,9 @@
 //! trusted `archipelago-enclave` process ([`enclave`]), answers attestation
 //! challenges with the enclave's fresh evidence, leases jobs by long poll,
 //! hands confidential envelopes to the enclave and relays its sealed
-//! responses, renews leases, runs plain jobs itself ([`plain`]), and drains
-//! on shutdown ([`agent`]). All coordinator calls go through [`client`].
+//! responses, renews leases, runs plain jobs itself ([`plain`]) and
+//! homomorphic jobs on ciphertext ([`he`]), and drains on shutdown
+//! ([`agent`]). All coordinator calls go through [`client`].
 //!
 //! By design this process never holds plaintext of a confidential job: it
 //! sees envelope headers, ciphertext, public keys, evidence, ids, sizes and
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod client;
 pub mod enclave;
+pub mod he;
 pub mod identity;
 pub mod plain;
 pub mod tee;

@@ -96,6 +96,9 @@ pub struct KeyInfo {
     pub label: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// HE parameter set (`he-bfv` keys only), e.g. `bfv-n8192-q150-t40-v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
 }
 
 /// `GET /confidential/keys`.
@@ -159,6 +162,13 @@ pub struct ConfidentialStats {
     /// Attested enclave keys currently routable.
     #[serde(default)]
     pub attested_enclave_keys: u64,
+    /// Homomorphic jobs by state (`queued`, `assigned`, `running`,
+    /// `succeeded`, `failed`, `cancelled`), counted apart from TEE jobs.
+    #[serde(default)]
+    pub he_jobs: BTreeMap<String, u64>,
+    /// TEE jobs by state.
+    #[serde(default)]
+    pub tee_jobs: BTreeMap<String, u64>,
 }
 
 // ---------------------------------------------------------------- workloads
@@ -485,11 +495,21 @@ mod tests {
         let s = ConfidentialStats {
             tee_types: [("sgx".to_string(), 12u64)].into_iter().collect(),
             attested_hosts: 12,
-            he_capable_hosts: 0,
+            he_capable_hosts: 3,
             attested_enclave_keys: 12,
+            he_jobs: [("running".to_string(), 2u64)].into_iter().collect(),
+            tee_jobs: Default::default(),
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["tee_types"]["sgx"], 12);
         assert_eq!(v["attested_hosts"], 12);
+        assert_eq!(v["he_capable_hosts"], 3);
+        assert_eq!(v["he_jobs"]["running"], 2);
+        // The seed's two-field shape still parses.
+        let seed: ConfidentialStats =
+            serde_json::from_str(r#"{"tee_types": {"sgx": 12, "sev": 5}, "attested_hosts": 17}"#)
+                .unwrap();
+        assert_eq!(seed.attested_hosts, 17);
+        assert!(seed.he_jobs.is_empty());
     }
 }

@@ -368,6 +368,36 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         "self-check ok: job {} ran confidentially on enclave {} and decrypted here: {:?}",
         job.id, out.enclave_key_id, text
     );
+    // Homomorphic self-check: he-aggregate needs no model files and runs on
+    // any island, the TEE-less one included.
+    let schema = archipelago_he::AggregateSchema {
+        columns: vec![archipelago_he::AggregateColumn::Value {
+            name: "value".into(),
+            scale: 10.0,
+            min: 0.0,
+            max: 100.0,
+        }],
+    };
+    let he_check = rt.block_on(session.run_he_aggregate(
+        4,
+        &schema,
+        &[vec![4.5], vec![5.5], vec![8.0]],
+        None,
+        Duration::from_secs(120),
+    ));
+    let (he_job, he_out) = he_check.context("the homomorphic self-check job failed")?;
+    let he_sum = match he_out.columns.first() {
+        Some(archipelago_he::ColumnResult::Value { sum, .. }) => *sum,
+        _ => f64::NAN,
+    };
+    if he_out.count != 3 || (he_sum - 18.0).abs() > 1e-9 {
+        bail!("the homomorphic self-check decrypted a wrong total");
+    }
+    eprintln!(
+        "self-check ok: job {} summed 3 encrypted records on island {} (HE, no TEE needed) and decrypted here: count 3, sum 18",
+        he_job.id,
+        he_job.island_id.as_deref().unwrap_or("?")
+    );
 
     // dev.env, once everything is ready.
     let env = format!(
@@ -389,6 +419,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
          # CLI: a confidential job, sealed and decrypted on this machine\n\
          archipelago run --workload {wl} --confidential \"Why is the sky blue?\"\n\
          archipelago attest list\n\n\
+         # CLI: homomorphic jobs on ciphertext, on any island (no TEE needed)\n\
+         {he_example}\n\
+         archipelago run --workload he-aggregate --he --input-json '{{\"schema\": {{\"columns\": [{{\"kind\": \"value\", \"name\": \"ldl\", \"scale\": 10, \"min\": 0, \"max\": 400}}]}}, \"records\": [[130.5], [162.0], [98.4]]}}'\n\n\
          # curl, the product page's Quick Start against the gateway\n\
          KEY=$(curl -s -X POST $ARCHIPELAGO_GATEWAY_URL/api/v1/confidential/keys -H \"Authorization: Bearer $ARCHIPELAGO_API_KEY\" | jq -r .key_id)\n\
          CT=$(curl -s $ARCHIPELAGO_GATEWAY_URL/api/v1/confidential/encrypt -H \"Authorization: Bearer $ARCHIPELAGO_API_KEY\" -H 'Content-Type: application/json' \\\n\
@@ -400,7 +433,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
          # openai (pip install openai)\n\
          python3 -c 'import openai,os; c=openai.OpenAI(base_url=os.environ[\"ARCHIPELAGO_GATEWAY_URL\"]+\"/v1\", api_key=os.environ[\"ARCHIPELAGO_API_KEY\"]); print(c.chat.completions.create(model=\"{wl}\", messages=[{{\"role\":\"user\",\"content\":\"Hello!\"}}]).choices[0].message.content)'\n\n\
          Ctrl-C stops everything.",
-        dir = dir.display()
+        dir = dir.display(),
+        he_example = if have_models {
+            "archipelago run --workload classify --he \"I started this pill three months ago and my periods became irregular.\""
+        } else {
+            "# (classify --he needs the models: run without --no-models)"
+        }
     );
     if args.exit_after_check {
         procs.stop();

@@ -1,6 +1,8 @@
-//! `archipelago keys create|list|delete`: client X25519 keys. The secret
-//! half stays in the local keystore (mode 0600, optionally sealed under a
-//! passphrase); the public half is registered with the coordinator.
+//! `archipelago keys create|list|delete`: client X25519 keys and, with
+//! `--he`, homomorphic `he-bfv` keys. The secret half stays in the local
+//! keystore (mode 0600, optionally sealed under a passphrase); the public
+//! half (for HE keys: the public material islands evaluate with) is
+//! registered with the coordinator.
 
 use std::path::PathBuf;
 
@@ -36,6 +38,9 @@ enum KeysCommand {
         /// Only store it locally.
         #[arg(long)]
         no_register: bool,
+        /// A homomorphic (he-bfv) key for `archipelago run --he`.
+        #[arg(long)]
+        he: bool,
     },
     /// Keys in the local keystore, and whether the coordinator knows them.
     List {
@@ -60,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             passphrase_file,
             passphrase,
             no_register,
+            he,
         } => {
             let json = opts.json;
             let pass = match (passphrase_file, passphrase) {
@@ -71,6 +77,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 Ok(p) => p,
                 Err(e) => return finish(Err(e), json),
             };
+            if he {
+                return finish(rt.block_on(create_he(opts, label, pass, no_register)), json);
+            }
             finish(rt.block_on(create(opts, label, pass, no_register)), json)
         }
         KeysCommand::List { opts } => {
@@ -127,9 +136,52 @@ async fn create(
     Ok(0)
 }
 
+async fn create_he(
+    opts: ClientOpts,
+    label: Option<String>,
+    pass: Option<Passphrase>,
+    no_register: bool,
+) -> Result<i32, ClientError> {
+    let session = opts.session(!no_register)?;
+    let (stored, _sk, _pm) = session
+        .keystore()
+        .create_he(label.as_deref(), pass.as_ref())?;
+    if !no_register {
+        if let Err(e) = session.register_he(&stored).await {
+            let _ = session.keystore().delete_he(&stored.key_id);
+            return Err(e);
+        }
+    }
+    if opts.json {
+        print_json(&serde_json::json!({
+            "key_id": stored.key_id,
+            "kind": stored.kind,
+            "params": stored.params,
+            "registered": !no_register,
+            "passphrase_protected": stored.passphrase_protected,
+            "path": stored.path,
+            "public_path": stored.public_path,
+        }));
+    } else {
+        println!("{}", stored.key_id);
+        eprintln!(
+            "he-bfv key ({}) stored in {}{}",
+            stored.params,
+            stored.path.display(),
+            if no_register {
+                "; not registered"
+            } else {
+                "; public material registered with the coordinator"
+            }
+        );
+    }
+    Ok(0)
+}
+
 async fn list(opts: ClientOpts) -> Result<i32, ClientError> {
     let session = opts.session(false)?;
     let local = session.keystore().list()?;
+    let local_he = session.keystore().list_he()?;
     let remote = match session.api().api_key() {
         Some(_) => session.api().list_keys().await.ok().map(|l| l.keys),
         None => None,
@@ -146,10 +198,22 @@ async fn list(opts: ClientOpts) -> Result<i32, ClientError> {
                 })
             })
             .collect();
-        print_json(&serde_json::json!({"keys": keys, "keystore": session.keystore().dir()}));
+        let he_keys: Vec<_> = local_he
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "key_id": k.key_id, "kind": k.kind, "params": k.params, "label": k.label,
+                    "created_at": k.created_at, "passphrase_protected": k.passphrase_protected,
+                    "registered": registered(&k.key_id),
+                })
+            })
+            .collect();
+        print_json(
+            &serde_json::json!({"keys": keys, "he_keys": he_keys, "keystore": session.keystore().dir()}),
+        );
         return Ok(0);
     }
-    if local.is_empty() {
+    if local.is_empty() && local_he.is_empty() {
         eprintln!(
             "no keys in {}; create one with `archipelago keys create`",
             session.keystore().dir().display()
@@ -174,12 +238,31 @@ async fn list(opts: ClientOpts) -> Result<i32, ClientError> {
             k.label.as_deref().unwrap_or("")
         );
     }
+    for k in &local_he {
+        let reg = match registered(&k.key_id) {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        println!(
+            "{:<30} {:<10} {:<11} {} (he-bfv)",
+            k.key_id,
+            if k.passphrase_protected { "yes" } else { "no" },
+            reg,
+            k.label.as_deref().unwrap_or("")
+        );
+    }
     Ok(0)
 }
 
 async fn delete(opts: ClientOpts, key_id: String) -> Result<i32, ClientError> {
     let session = opts.session(false)?;
-    let local = session.keystore().get(&key_id);
+    let he = session.keystore().is_he_key(&key_id);
+    let local = if he {
+        session.keystore().get_he(&key_id).map(drop)
+    } else {
+        session.keystore().get(&key_id).map(drop)
+    };
     if session.api().api_key().is_some() {
         match session.api().delete_key(&key_id).await {
             Ok(()) | Err(ClientError::Api { status: 404, .. }) => {}
@@ -187,7 +270,10 @@ async fn delete(opts: ClientOpts, key_id: String) -> Result<i32, ClientError> {
         }
     }
     match local {
-        Ok(_) => {
+        Ok(()) if he => {
+            session.keystore().delete_he(&key_id)?;
+        }
+        Ok(()) => {
             session.keystore().delete(&key_id)?;
         }
         Err(e) => return Err(e.into()),

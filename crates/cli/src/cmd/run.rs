@@ -2,7 +2,10 @@
 //! job and print its output. With `--confidential` the prompt is sealed on
 //! this machine to enclaves your policy accepts, tokens are decrypted
 //! locally as they stream in, and the answer is checked to come from one of
-//! those enclaves. Without it the job runs in plain text.
+//! those enclaves. With `--he` (workload `classify`) the text is embedded
+//! with MiniLM on this machine, encrypted under your `he-bfv` key (made and
+//! registered on first use), classified on ciphertext by any island (no TEE
+//! needed) and decrypted here. Without either the job runs in plain text.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
@@ -23,7 +26,9 @@ pub struct Args {
     /// Confidential TEE job: sealed to attested enclaves, decrypted here.
     #[arg(long, conflicts_with = "he")]
     confidential: bool,
-    /// Confidential homomorphic job (islands without TEE).
+    /// Confidential homomorphic job on any island, TEE or not
+    /// (`--workload classify`: he-classify; `--workload he-aggregate` with
+    /// `--input-json '{"schema": ..., "records": [...]}'`).
     #[arg(long)]
     he: bool,
     /// Client key to use (default: the newest in the keystore).
@@ -97,12 +102,20 @@ impl Spinner {
 }
 
 async fn run_inner(args: Args) -> Result<i32, ClientError> {
-    if args.he {
+    if args.he
+        && !matches!(
+            args.workload.as_str(),
+            "classify" | "3" | "he-aggregate" | "4"
+        )
+    {
         return Err(ClientError::HeUnavailable);
     }
     let session = args.opts.session(true)?;
     let workloads = session.api().workloads().await?.workloads;
     let w = resolve(&workloads, &args.workload)?;
+    if args.he {
+        return run_he(&session, &w, &args).await;
+    }
     let input = build_input(&w, &args)?;
     let timeout = Duration::from_secs(args.timeout);
     let json_out = args.opts.json;
@@ -187,6 +200,96 @@ async fn run_inner(args: Args) -> Result<i32, ClientError> {
         eprintln!(
             "(job {}, answered and sealed by attested enclave {})",
             job.id, out.enclave_key_id
+        );
+    }
+    Ok(0)
+}
+
+async fn run_he(
+    session: &archipelago_client::Session,
+    w: &Workload,
+    args: &Args,
+) -> Result<i32, ClientError> {
+    let timeout = Duration::from_secs(args.timeout);
+    let (job, key_id, output) = match w.slug.as_str() {
+        "classify" => {
+            let text = match (&args.prompt, &args.input_json) {
+                (Some(t), _) => zeroize::Zeroizing::new(t.clone()),
+                (None, Some(raw)) => {
+                    let v: Value = serde_json::from_str(raw).map_err(|e| {
+                        ClientError::InvalidInput(format!("--input-json is not JSON: {e}"))
+                    })?;
+                    zeroize::Zeroizing::new(
+                        v.get("text")
+                            .and_then(|t| t.as_str())
+                            .ok_or_else(|| {
+                                ClientError::InvalidInput(
+                                    "--input-json for classify is {\"text\": string}".into(),
+                                )
+                            })?
+                            .to_string(),
+                    )
+                }
+                (None, None) => {
+                    return Err(ClientError::InvalidInput(
+                        "give the TEXT to classify (or --input-json)".into(),
+                    ))
+                }
+            };
+            let (job, result) = session
+                .run_he_classify(w.id, &text, args.key.as_deref(), timeout)
+                .await?;
+            let mut out = result.to_json(archipelago_client::he::DEFAULT_TOP_K);
+            out["label"] = Value::String(result.label().to_string());
+            let key = job.encryption_key_id.clone().unwrap_or_default();
+            (job, key, out)
+        }
+        "he-aggregate" => {
+            let raw = args.input_json.as_deref().ok_or_else(|| {
+                ClientError::InvalidInput(
+                    "he-aggregate takes --input-json '{\"schema\": {\"columns\": [...]}, \"records\": [[...], ...]}'"
+                        .into(),
+                )
+            })?;
+            #[derive(serde::Deserialize)]
+            struct AggInput {
+                schema: archipelago_he::AggregateSchema,
+                records: Vec<Vec<f64>>,
+            }
+            let input: AggInput = serde_json::from_str(raw).map_err(|e| {
+                ClientError::InvalidInput(format!("--input-json for he-aggregate: {e}"))
+            })?;
+            let (job, result) = session
+                .run_he_aggregate(
+                    w.id,
+                    &input.schema,
+                    &input.records,
+                    args.key.as_deref(),
+                    timeout,
+                )
+                .await?;
+            let key = job.encryption_key_id.clone().unwrap_or_default();
+            (job, key, archipelago_client::he::aggregate_json(&result))
+        }
+        _ => return Err(ClientError::HeUnavailable),
+    };
+    if args.opts.json {
+        print_json(&json!({
+            "job_id": job.id,
+            "state": job.state,
+            "mode": job.mode,
+            "key_id": key_id,
+            "island_id": job.island_id,
+            "execution_ms": job.execution_ms,
+            "cost": job.cost,
+            "output": output,
+        }));
+    } else {
+        print_json(&output);
+        eprintln!(
+            "(job {}, evaluated on ciphertext by island {} with HE key {key_id}; decrypted here)",
+            job.id,
+            job.island_id.as_deref().unwrap_or("?")
         );
     }
     Ok(0)

@@ -17,6 +17,7 @@
 //! `allow_remote` and a token (at least 16 characters) that every request
 //! must present as `Authorization: Bearer <token>`.
 
+pub mod he;
 pub mod openai;
 pub mod proxy;
 pub mod seed;
@@ -189,6 +190,8 @@ impl From<ClientError> for GatewayError {
             }
             ClientError::JobCancelled { .. } => StatusCode::CONFLICT,
             ClientError::HeUnavailable => StatusCode::NOT_IMPLEMENTED,
+            ClientError::He(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ClientError::LocalModel(_) => StatusCode::SERVICE_UNAVAILABLE,
             ClientError::UnknownRequest { .. } | ClientError::UnexpectedEnclave { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -12,6 +12,10 @@
 //! at most an hour; submitted elsewhere or later, it is refused — pass
 //! `workload_id` to bind it from the start.
 //!
+//! HE keys (`he-bfv`) take the paths in [`super::he`]: `/keys` with
+//! `{"kind": "he-bfv"}`, `/encrypt` with an HE `key_id`, `/decrypt` of an
+//! output whose ciphertext is an `ARHE` message.
+//!
 //! `/decrypt` body: `{"output": {"encrypted": true, "key_id", "ciphertext",
 //! ...}, "key_id"}` → `{"output": <decrypted JSON>, "key_id",
 //! "enclave_key_id"}`. The output opens only if it answers a request this
@@ -75,6 +79,19 @@ pub async fn create_key(
         .and_then(|l| l.as_str())
         .map(|s| s.chars().take(128).collect::<String>());
     let api = st.api_for(&headers)?;
+    match v.get("kind").and_then(|k| k.as_str()) {
+        None | Some(archipelago_proto::api::KEY_KIND_X25519) => {}
+        Some(archipelago_proto::api::KEY_KIND_HE_BFV) => {
+            return super::he::create_key(&st, &api, label).await
+        }
+        Some(_) => {
+            return Err(GatewayError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "kind must be \"x25519\" (default) or \"he-bfv\"",
+            ))
+        }
+    }
     let session = &st.session;
     let (stored, _sk) = session
         .keystore()
@@ -106,7 +123,12 @@ pub async fn delete_key(
 ) -> Result<Response, GatewayError> {
     let api = st.api_for(&headers)?;
     api.delete_key(&key_id).await?;
-    let _ = st.session.keystore().delete(&key_id);
+    let ks = st.session.keystore();
+    if ks.is_he_key(&key_id) {
+        let _ = ks.delete_he(&key_id);
+    } else {
+        let _ = ks.delete(&key_id);
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -141,6 +163,13 @@ pub async fn encrypt(
         ));
     }
     let session = &st.session;
+    if let Some(k) = req
+        .key_id
+        .as_deref()
+        .filter(|k| session.keystore().is_he_key(k))
+    {
+        return super::he::encrypt(&st, k, &req.input, req.workload_id).await;
+    }
     let meta = session
         .key_meta(req.key_id.as_deref())
         .map_err(GatewayError::from)?;
@@ -301,6 +330,9 @@ async fn submit_and_record(
 struct DecryptBody {
     output: serde_json::Value,
     key_id: Option<String>,
+    /// he-aggregate outputs: the schema the records were encrypted with.
+    #[serde(default)]
+    schema: Option<serde_json::Value>,
 }
 
 /// `POST /api/v1/confidential/decrypt`.
@@ -347,6 +379,9 @@ pub async fn decrypt(
             format!("output.ciphertext: {e}"),
         )
     })?;
+    if bytes.starts_with(&archipelago_he::wire::MAGIC) {
+        return super::he::decrypt(&st, &payload.key_id, &bytes, req.schema.as_ref());
+    }
     let view = peek_response_header(&bytes).map_err(ClientError::from)?;
     let records = st
         .session

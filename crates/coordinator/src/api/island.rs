@@ -572,8 +572,14 @@ pub async fn he_key(
         .store
         .client_key_any(&key_id)
         .await?
-        .filter(|k| k.kind == api::KEY_KIND_HE_BFV)
         .ok_or_else(|| ApiError::not_found("HE key"))?;
+    if k.kind != api::KEY_KIND_HE_BFV {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_key_kind",
+            format!("key {key_id} is a {} key, not an he-bfv key", k.kind),
+        ));
+    }
     Ok(Json(HeKeyMaterial {
         key_id: k.key_id,
         public_key: k.public_key,

@@ -27,8 +27,59 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::{ClientKeyRow, NewJob, SubmitOutcome};
 use crate::util::{now_ms, now_secs};
 
-/// Largest X25519 / HE public key material accepted, base64 characters.
-const MAX_HE_PUBLIC_B64: usize = 8 * 1024 * 1024;
+/// The runtime HE-capable islands report and HE jobs require.
+pub const HE_RUNTIME: &str = "he";
+
+/// Largest HE public material accepted, base64 characters (the decoded
+/// limit is `archipelago_he::MAX_PUBLIC_MATERIAL_BYTES`; padding and
+/// whitespace slack on top).
+const MAX_HE_PUBLIC_B64: usize = archipelago_he::MAX_PUBLIC_MATERIAL_BYTES.div_ceil(3) * 4 + 8;
+
+/// Checks an `he-bfv` registration: the public material parses under a
+/// known parameter set (strictly, every coefficient reduced), is within the
+/// size limit (413 beyond it), and gives the key id (sha256 over the whole
+/// message, header with kind and parameter set included).
+fn he_public_material(req: &api::RegisterKeyRequest) -> ApiResult<(KeyId, String, String)> {
+    if req.evaluation_keys.is_some() {
+        return Err(ApiError::field(
+            "evaluation_keys",
+            "he-bfv keys of this build need no separate evaluation keys: the public material in public_key is all an island uses (one plaintext x ciphertext product, no relinearisation or rotation keys); omit the field",
+        ));
+    }
+    let too_large = |len: usize| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the he-bfv public material is {len} bytes; the limit is {} (parameter set {} needs {})",
+                archipelago_he::MAX_PUBLIC_MATERIAL_BYTES,
+                archipelago_he::ParamSet::DEFAULT.name(),
+                archipelago_he::keys::public_material_len(archipelago_he::ParamSet::DEFAULT)
+            ),
+        )
+    };
+    let pk = b64::decode_any(&req.public_key, MAX_HE_PUBLIC_B64).map_err(|e| match e {
+        b64::B64Error::TooLong { len, .. } => too_large(len / 4 * 3),
+        e => ApiError::field("public_key", format!("he-bfv public material: {e}")),
+    })?;
+    if pk.len() > archipelago_he::MAX_PUBLIC_MATERIAL_BYTES {
+        return Err(too_large(pk.len()));
+    }
+    let pm = archipelago_he::HePublicMaterial::from_bytes(&pk).map_err(|e| {
+        let hint = if pk.len() == 32 {
+            " (32 bytes looks like an X25519 key: send \"kind\": \"x25519\")"
+        } else {
+            ""
+        };
+        ApiError::field(
+            "public_key",
+            format!("not usable he-bfv public material: {e}{hint}"),
+        )
+    })?;
+    let id = KeyId::parse(pm.key_id()).map_err(|_| ApiError::internal())?;
+    debug_assert_eq!(id, KeyId::for_material(KeyPrefix::Client, &pk));
+    Ok((id, b64::encode_std(&pk), pm.param_set().name().to_string()))
+}
 
 #[utoipa::path(get, path = "/api/v1/health", responses((status = 200, body = api::Health)))]
 pub async fn health(State(st): State<AppState>) -> ApiResult<Json<api::Health>> {
@@ -265,6 +316,7 @@ fn key_info(k: ClientKeyRow) -> api::KeyInfo {
         kind: k.kind,
         label: k.label,
         created_at: k.created_at / 1000,
+        params: k.params,
     }
 }
 
@@ -277,41 +329,25 @@ pub async fn register_key(
 ) -> ApiResult<(StatusCode, Json<api::KeyInfo>)> {
     auth.require("write")?;
     let kind = req.kind.as_deref().unwrap_or(api::KEY_KIND_X25519);
-    let (key_id, public_key, evaluation_keys) = match kind {
+    let (key_id, public_key, params) = match kind {
         api::KEY_KIND_X25519 => {
             if req.evaluation_keys.is_some() {
-                return Err(ApiError::field("evaluation_keys", "only for kind he-bfv"));
+                return Err(ApiError::field(
+                    "evaluation_keys",
+                    "x25519 keys have no evaluation keys; omit the field",
+                ));
             }
             let pk = b64::decode_key32(&req.public_key).map_err(|_| {
                 ApiError::field(
                     "public_key",
-                    "must be a 32-byte X25519 public key in base64",
+                    "must be a 32-byte X25519 public key in base64 (for a homomorphic key send \"kind\": \"he-bfv\" with its public material)",
                 )
             })?;
             (KeyId::client(&pk), b64::encode_std(&pk), None)
         }
         api::KEY_KIND_HE_BFV => {
-            let pk = b64::decode_any(&req.public_key, MAX_HE_PUBLIC_B64)
-                .map_err(|e| ApiError::field("public_key", format!("HE public key: {e}")))?;
-            if pk.len() < 32 {
-                return Err(ApiError::field(
-                    "public_key",
-                    "HE public key is too short to be a BFV key",
-                ));
-            }
-            let ev = match &req.evaluation_keys {
-                Some(t) => {
-                    let bytes = b64::decode_any(t, MAX_HE_PUBLIC_B64)
-                        .map_err(|e| ApiError::field("evaluation_keys", e.to_string()))?;
-                    Some(b64::encode_std(&bytes))
-                }
-                None => None,
-            };
-            (
-                KeyId::for_material(KeyPrefix::Client, &pk),
-                b64::encode_std(&pk),
-                ev,
-            )
+            let (id, material, params) = he_public_material(&req)?;
+            (id, material, Some(params))
         }
         _ => return Err(ApiError::field("kind", "must be `x25519` or `he-bfv`")),
     };
@@ -334,9 +370,10 @@ pub async fn register_key(
         key_id: key_id.as_str().into(),
         kind: kind.into(),
         public_key,
-        evaluation_keys,
+        evaluation_keys: None,
         label: req.label.clone(),
         created_at: now_ms(),
+        params,
     };
     let created = st.store.register_key(&row).await?;
     let stored = if created {
@@ -483,11 +520,24 @@ pub async fn compute_stats(st: &AppState) -> ApiResult<api::ConfidentialStats> {
         .iter()
         .filter(|i| i.he_capable && i.last_heartbeat_at.unwrap_or(0) >= online_since)
         .count() as u64;
+    let by_state = |mode: &str, counts: &[(String, String, i64)]| -> BTreeMap<String, u64> {
+        let mut m: BTreeMap<String, u64> =
+            api::JOB_STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        for (md, state, n) in counts {
+            if md == mode {
+                *m.entry(state.clone()).or_default() += (*n).max(0) as u64;
+            }
+        }
+        m
+    };
+    let counts = st.store.job_counts_by_mode().await?;
     Ok(api::ConfidentialStats {
         tee_types,
         attested_hosts: hosts.len() as u64,
         he_capable_hosts: he,
         attested_enclave_keys: rows.len() as u64,
+        he_jobs: by_state(api::MODE_HE, &counts),
+        tee_jobs: by_state(api::MODE_TEE, &counts),
     })
 }
 
@@ -504,6 +554,79 @@ pub async fn stats(
 
 fn decode_ciphertext(text: &str, max: usize) -> ApiResult<Vec<u8>> {
     b64::decode_any(text, max).map_err(|e| ApiError::field("input.ciphertext", e.to_string()))
+}
+
+/// Early refusal of an HE job's ciphertext: only the header and key id
+/// are read (the island parses the rest strictly). The message kind must
+/// be the workload's request, the parameter set the key's, the key id the
+/// job's key, and the size within the kind's limit.
+fn check_he_input(
+    slug: &str,
+    key_id: &str,
+    key_params: Option<&str>,
+    bytes: &[u8],
+) -> ApiResult<()> {
+    use archipelago_he::MessageKind;
+    let (kind, max) = match slug {
+        "classify" => (
+            MessageKind::ClassifyRequest,
+            archipelago_he::classify::MAX_CLASSIFY_REQUEST_BYTES,
+        ),
+        "he-aggregate" => (
+            MessageKind::AggregateRequest,
+            archipelago_he::aggregate::MAX_AGGREGATE_REQUEST_BYTES,
+        ),
+        other => {
+            return Err(ApiError::field(
+                "workload_id",
+                format!("workload {other} has no homomorphic evaluator"),
+            ))
+        }
+    };
+    if bytes.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the {} is {} bytes; the limit is {max}",
+                kind.name(),
+                bytes.len()
+            ),
+        ));
+    }
+    let (info, msg_key) = archipelago_he::peek_key_id(bytes).map_err(|e| {
+        ApiError::field(
+            "input.ciphertext",
+            format!("not an he-bfv {}: {e}", kind.name()),
+        )
+    })?;
+    if info.kind != kind {
+        return Err(ApiError::field(
+            "input.ciphertext",
+            format!(
+                "workload {slug} takes an {}, but the ciphertext is an {}",
+                kind.name(),
+                info.kind.name()
+            ),
+        ));
+    }
+    if key_params.is_some_and(|p| p != info.param_set.name()) {
+        return Err(ApiError::field(
+            "input.ciphertext",
+            format!(
+                "the ciphertext uses parameter set {}, but key {key_id} was registered with {}; encrypt with the registered key",
+                info.param_set.name(),
+                key_params.unwrap_or_default()
+            ),
+        ));
+    }
+    if msg_key != key_id {
+        return Err(ApiError::field(
+            "input.ciphertext",
+            format!("the ciphertext is for key {msg_key}, not encryption_key_id {key_id}"),
+        ));
+    }
+    Ok(())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
@@ -637,6 +760,8 @@ pub async fn submit_job(
                 "workload_id",
                 "this workload has no homomorphic mode",
             ));
+        } else {
+            check_he_input(&w.slug, key_id, key.params.as_deref(), &bytes)?;
         }
         let canonical = EncryptedPayload {
             encrypted: true,
@@ -695,7 +820,14 @@ pub async fn submit_job(
         account_id: auth.account_id().into(),
         workload_id: w.id,
         mode,
-        runtime: w.runtime.clone(),
+        // HE jobs run in the island agent's own evaluator (runtime `he`),
+        // whatever the workload's plaintext runtime is: no model files and
+        // no TEE needed, only the linear head compiled into the island.
+        runtime: if mode == api::MODE_HE {
+            HE_RUNTIME.to_string()
+        } else {
+            w.runtime.clone()
+        },
         memory_mb: w.memory_mb,
         max_seconds: w.max_seconds,
         price_per_second: w.price_per_second,

@@ -118,13 +118,22 @@ impl DbConfig {
 /// The migration set, embedded in the binary.
 pub fn migrator() -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("initial"),
-            MigrationType::Simple,
-            Cow::Borrowed(include_str!("../../migrations/0001_initial.sql")),
-            false,
-        )]),
+        migrations: Cow::Owned(vec![
+            Migration::new(
+                1,
+                Cow::Borrowed("initial"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0001_initial.sql")),
+                false,
+            ),
+            Migration::new(
+                2,
+                Cow::Borrowed("he keys"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0002_he_keys.sql")),
+                false,
+            ),
+        ]),
         ..Migrator::DEFAULT
     }
 }

@@ -58,6 +58,8 @@ pub struct ClientKeyRow {
     pub evaluation_keys: Option<String>,
     pub label: Option<String>,
     pub created_at: i64,
+    /// HE parameter set name (`he-bfv` keys only).
+    pub params: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +149,7 @@ fn key_from(r: &AnyRow) -> Result<ClientKeyRow> {
         evaluation_keys: r.try_get("evaluation_keys")?,
         label: r.try_get("label")?,
         created_at: r.try_get("created_at")?,
+        params: r.try_get("params")?,
     })
 }
 
@@ -456,8 +459,8 @@ impl Store {
     /// Registers a client key; returns false when the account already has it.
     pub async fn register_key(&self, k: &ClientKeyRow) -> Result<bool> {
         let res = sqlx::query(
-            "INSERT INTO client_keys (account_id, key_id, kind, public_key, evaluation_keys, label, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            "INSERT INTO client_keys (account_id, key_id, kind, public_key, evaluation_keys, label, created_at, params) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
         )
         .bind(&k.account_id)
         .bind(&k.key_id)
@@ -466,6 +469,7 @@ impl Store {
         .bind(k.evaluation_keys.clone())
         .bind(k.label.clone())
         .bind(k.created_at)
+        .bind(k.params.clone())
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
@@ -473,7 +477,7 @@ impl Store {
 
     pub async fn client_keys(&self, account_id: &str) -> Result<Vec<ClientKeyRow>> {
         sqlx::query(
-            "SELECT account_id, key_id, kind, public_key, NULL AS evaluation_keys, label, created_at \
+            "SELECT account_id, key_id, kind, public_key, NULL AS evaluation_keys, label, created_at, params \
              FROM client_keys WHERE account_id = $1 ORDER BY created_at, key_id",
         )
         .bind(account_id)
@@ -505,6 +509,21 @@ impl Store {
             .as_ref()
             .map(key_from)
             .transpose()
+    }
+
+    /// Confidential jobs counted by (mode, state), for
+    /// `/confidential/stats` (plain jobs are not counted).
+    pub async fn job_counts_by_mode(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT mode, state, COUNT(*) AS n FROM jobs WHERE mode <> 'plain' GROUP BY mode, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| -> Result<(String, String, i64)> {
+                Ok((r.try_get("mode")?, r.try_get("state")?, r.try_get("n")?))
+            })
+            .collect()
     }
 
     pub async fn delete_client_key(&self, account_id: &str, key_id: &str) -> Result<bool> {
