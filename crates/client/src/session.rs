@@ -337,7 +337,18 @@ pub struct Session {
     records: Option<RequestRecords>,
     passphrase: Option<Passphrase>,
     default_key: Option<String>,
+    /// Enclaves verified under the policy, per workload, reused for
+    /// [`RECIPIENT_CACHE_TTL`] (never past a key's routing or expiry time).
+    verified: std::sync::Mutex<Vec<(Option<i64>, Instant, Vec<VerifiedEnclave>)>>,
+    /// Client key ids registered with the coordinator by this session.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// How long a session reuses the enclaves it verified before fetching and
+/// verifying the list again. Each use also drops keys within
+/// [`EXPIRY_MARGIN_SECS`] of their `valid_until` or expiry.
+pub const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(30);
+const EXPIRY_MARGIN_SECS: i64 = 10;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -359,6 +370,8 @@ impl Session {
             records: None,
             passphrase: None,
             default_key: None,
+            verified: std::sync::Mutex::new(Vec::new()),
+            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -428,6 +441,18 @@ impl Session {
     /// Registers a stored key's public half with the coordinator
     /// (idempotent: a key already registered is fine).
     pub async fn register(&self, stored: &StoredKey) -> Result<(), ClientError> {
+        let id = stored.key_id.to_string();
+        if self.registered.lock().is_ok_and(|r| r.contains(&id)) {
+            return Ok(());
+        }
+        self.register_now(stored).await?;
+        if let Ok(mut r) = self.registered.lock() {
+            r.insert(id);
+        }
+        Ok(())
+    }
+
+    async fn register_now(&self, stored: &StoredKey) -> Result<(), ClientError> {
         let req = archipelago_proto::api::RegisterKeyRequest {
             public_key: stored.public_key.clone(),
             kind: Some(archipelago_proto::api::KEY_KIND_X25519.into()),
@@ -449,11 +474,28 @@ impl Session {
         Ok(appraise_enclaves(&list.enclaves, &self.policy, now_secs()))
     }
 
-    /// Verified recipients for `workload_id`, or a clear error.
+    /// Verified recipients for `workload_id`, or a clear error. The
+    /// enclaves verified for a workload are reused for
+    /// [`RECIPIENT_CACHE_TTL`]; see [`Session::forget_recipients`].
     pub async fn choose_recipients(
         &self,
         workload_id: Option<i64>,
     ) -> Result<Vec<VerifiedEnclave>, ClientError> {
+        let now = now_secs() as i64;
+        let live = |e: &VerifiedEnclave| {
+            e.valid_until > now + EXPIRY_MARGIN_SECS && e.key_expires_at > now + EXPIRY_MARGIN_SECS
+        };
+        if let Ok(cache) = self.verified.lock() {
+            if let Some((_, _, list)) = cache
+                .iter()
+                .find(|(w, at, _)| *w == workload_id && at.elapsed() < RECIPIENT_CACHE_TTL)
+            {
+                let list: Vec<VerifiedEnclave> = list.iter().filter(|e| live(e)).cloned().collect();
+                if !list.is_empty() {
+                    return Ok(pick_recipients(&list, self.recipients));
+                }
+            }
+        }
         let a = self.appraise(workload_id).await?;
         let mut accepted = a.accepted;
         if let Some(w) = workload_id {
@@ -465,7 +507,20 @@ impl Session {
                 refused: a.refused,
             });
         }
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.retain(|(w, at, _)| *w != workload_id && at.elapsed() < RECIPIENT_CACHE_TTL);
+            cache.push((workload_id, Instant::now(), accepted.clone()));
+        }
         Ok(pick_recipients(&accepted, self.recipients))
+    }
+
+    /// Drops the enclaves this session verified, so the next seal fetches
+    /// and verifies the list again (e.g. after a job failed because none of
+    /// its recipients was available).
+    pub fn forget_recipients(&self) {
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.clear();
+        }
     }
 
     /// Seals `input` for `workload_id` (None: unbound, see
@@ -653,6 +708,10 @@ impl Session {
                     .as_ref()
                     .map(|e| (e.code.clone(), e.message.clone()))
                     .unwrap_or_else(|| ("failed".into(), "no reason given".into()));
+                if code == "no_enclave_available" {
+                    // The enclaves chosen are gone: verify afresh next time.
+                    self.forget_recipients();
+                }
                 // An enclave error report travels sealed in the output.
                 if let Some(out) = &job.output {
                     if let Ok(p) = serde_json::from_value::<EncryptedPayload>(out.clone()) {
