@@ -339,10 +339,13 @@ pub struct Session {
     default_key: Option<String>,
     /// Enclaves verified under the policy, per workload, reused for
     /// [`RECIPIENT_CACHE_TTL`] (never past a key's routing or expiry time).
-    verified: std::sync::Mutex<Vec<(Option<i64>, Instant, Vec<VerifiedEnclave>)>>,
+    verified: std::sync::Mutex<Vec<VerifiedCache>>,
     /// Client key ids registered with the coordinator by this session.
     registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Enclaves verified for a workload (or any), and when.
+type VerifiedCache = (Option<i64>, Instant, Vec<VerifiedEnclave>);
 
 /// How long a session reuses the enclaves it verified before fetching and
 /// verifying the list again. Each use also drops keys within
