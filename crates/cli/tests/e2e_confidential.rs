@@ -257,6 +257,10 @@ struct Net {
 
 impl Net {
     fn start(name: &str) -> Net {
+        Net::start_with(name, 2)
+    }
+
+    fn start_with(name: &str, lease_secs: u64) -> Net {
         let enclave = enclave_bin();
         let dir = scratch(name);
         let root = SimRoot::generate();
@@ -267,7 +271,7 @@ impl Net {
         std::fs::write(
             cdir.join("coordinator.toml"),
             format!(
-                "dev_sim_root = \"{}\"\nlease_secs = 2\nheartbeat_interval_secs = 1\nreap_interval_ms = 200\n\
+                "dev_sim_root = \"{}\"\nlease_secs = {lease_secs}\nheartbeat_interval_secs = 1\nreap_interval_ms = 200\n\
                  max_lease_wait_ms = 2000\nrate_limit_per_sec = 10000.0\nrate_limit_burst = 10000.0\n",
                 hex(&root.public_key())
             ),
@@ -333,6 +337,11 @@ impl Net {
     /// `foreign-sim` (sim signed by a root the coordinator does not accept)
     /// or `none`.
     fn island(&self, name: &str, tee: &str, env: &[(&str, &str)]) -> Island {
+        self.island_with(name, tee, env, 10)
+    }
+
+    /// [`Net::island`] with a given `--drain-timeout-secs`.
+    fn island_with(&self, name: &str, tee: &str, env: &[(&str, &str)], drain_secs: u64) -> Island {
         let dir = self.dir.join(name);
         let mut cmd = Command::new(archipelago_bin());
         cmd.args([
@@ -351,7 +360,7 @@ impl Net {
             "--restart-backoff-ms",
             "200",
             "--drain-timeout-secs",
-            "10",
+            &drain_secs.to_string(),
         ])
         .arg("--enclave-bin")
         .arg(enclave_bin())
@@ -551,10 +560,12 @@ fn open_output(
     let (kind, plain) =
         open_response(&bytes, sk, &pk, request_id).expect("the response opens and authenticates");
     assert_eq!(kind, ChunkKind::Data);
-    (
-        writer.key_id.clone(),
-        serde_json::from_slice(&plain).unwrap(),
-    )
+    // A streamed response carries its `{"delta"}` lines before the output.
+    let tail = match plain.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &plain[i + 1..],
+        None => &plain[..],
+    };
+    (writer.key_id.clone(), serde_json::from_slice(tail).unwrap())
 }
 
 fn grep_files(files: &[PathBuf], needle: &str) -> Vec<PathBuf> {
@@ -1130,4 +1141,119 @@ fn he_classify_without_tee_matches_plain_and_confidential() {
     } = net;
     drop(coordinator);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 7 streaming through real processes: the island relays each sealed
+/// response frame to the coordinator as the enclave produces it, the SSE
+/// stream delivers them, and the SDK opens and authenticates the chunks
+/// (several, before the job's final event) with its own verified policy.
+#[test]
+fn confidential_stream_is_relayed_chunk_by_chunk_and_opened_by_the_sdk() {
+    use archipelago_client::{ApiClient, Keystore, Session, StreamEvent};
+    let net = Net::start("stream");
+    let island = net.island("a", "sim", &[]);
+    let id = island.id();
+    net.verified_keys(std::slice::from_ref(&id), &HashSet::new());
+    let session = Session::new(
+        ApiClient::new(&net.api.base, Some(net.api.key.clone())).unwrap(),
+        Keystore::open(net.dir.join("client-keys")).unwrap(),
+        net.client_policy(),
+    );
+    net.api.rt.block_on(async {
+        let meta = session.create_key(Some("stream")).await.unwrap();
+        let key = session.load_key(meta.key_id.as_str()).unwrap();
+        let sealed = session
+            .seal(Some(ECHO), br#"{"prompt":"one two three four"}"#, &key)
+            .await
+            .unwrap();
+        let job = session.submit(&sealed).await.unwrap();
+        let mut record = sealed.record();
+        record.job_id = Some(job.id.clone());
+        let mut log: Vec<String> = Vec::new();
+        let (job, complete) = session
+            .follow(
+                &job.id,
+                Duration::from_secs(60),
+                Some((&record, &key)),
+                &mut |ev| match ev {
+                    StreamEvent::Data(d) => {
+                        log.push(format!("data:{}", String::from_utf8_lossy(&d)))
+                    }
+                    StreamEvent::State(s) => log.push(format!("state:{s}")),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert!(
+            complete,
+            "the relayed stream is the whole sealed response: {log:?}"
+        );
+        let data: Vec<&String> = log.iter().filter(|l| l.starts_with("data:")).collect();
+        assert!(data.len() >= 2, "at least two chunks streamed: {log:?}");
+        let deltas: String = data
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l["data:".len()..].trim()).ok())
+            .filter_map(|v| v["delta"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(deltas, "ONE TWO THREE FOUR", "{log:?}");
+        let last_data = log.iter().rposition(|l| l.starts_with("data:")).unwrap();
+        let done = log.iter().position(|l| l == "state:succeeded").unwrap();
+        assert!(
+            last_data < done,
+            "chunks arrive before the final event: {log:?}"
+        );
+        let out = session.open_job(&job, &record, &key).unwrap();
+        assert_eq!(out.json().unwrap()["text"], "ONE TWO THREE FOUR");
+    });
+    let log = island.proc.log_text();
+    assert!(!log.contains("one two three four") && !log.contains("ONE TWO"));
+    let _ = std::fs::remove_dir_all(&net.dir);
+}
+
+/// Draining releases a job the island cannot finish at once: with 30 s
+/// leases, the other recipient gets it within seconds of SIGTERM (not after
+/// the lease lapses), and it is charged exactly once.
+#[test]
+fn drain_releases_unfinished_jobs_promptly() {
+    let net = Net::start_with("drain", 30);
+    let a = net.island_with("a", "sim", &[], 1);
+    let b = net.island("b", "sim", &[]);
+    let ids = [a.id(), b.id()];
+    let keys = net.verified_keys(&ids, &HashSet::new());
+    let (sk, ck) = net.register_client_key();
+    // Only a may lease now, and its enclave cannot finish.
+    let a_enclave = a.enclave_pid();
+    assert!(signal(b.proc.pid(), "STOP"));
+    assert!(signal(a_enclave, "STOP"));
+    let chosen = [&keys[0], &keys[1]];
+    let s = seal(&sk, &chosen, &json!({"prompt": "hand me over"}));
+    let id = net.submit(&ck, &s.envelope);
+    wait_until("island a to lease the job", Duration::from_secs(20), || {
+        (net.job(&id)["island_id"] == ids[0].as_str()).then_some(())
+    });
+    assert!(signal(b.proc.pid(), "CONT"));
+    let t0 = Instant::now();
+    assert!(signal(a.proc.pid(), "TERM"));
+    let job = net.wait_terminal(&id, Duration::from_secs(25));
+    let took = t0.elapsed();
+    assert!(signal(a_enclave, "CONT"));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["island_id"], ids[1].as_str());
+    assert!(
+        took < Duration::from_secs(20),
+        "released promptly, not after the 30 s lease: {took:?}"
+    );
+    let (writer, out) = open_output(&job, &sk, &chosen, &s.request_id);
+    assert_eq!(writer, keys[1].key_id);
+    assert_eq!(out["text"], "HAND ME OVER");
+    assert_eq!(net.charges(&id), 1);
+    assert!(
+        a.proc
+            .log_text()
+            .contains("job released to the coordinator"),
+        "the agent released the job"
+    );
+    let _ = std::fs::remove_dir_all(&net.dir);
 }

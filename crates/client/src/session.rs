@@ -339,11 +339,25 @@ pub struct Session {
     passphrase: Option<Passphrase>,
     passphrase_prompt: Option<PassphrasePrompt>,
     default_key: Option<String>,
+    /// Enclaves verified under the policy, per workload, reused for
+    /// [`RECIPIENT_CACHE_TTL`] (never past a key's routing or expiry time).
+    verified: std::sync::Mutex<Vec<VerifiedCache>>,
+    /// Client key ids registered with the coordinator by this session.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Asks the user for the passphrase of a sealed key (the CLI reads it from
 /// the terminal). Called with the key id; `None` means "no answer".
 pub type PassphrasePrompt = Box<dyn Fn(&str) -> Option<Passphrase> + Send + Sync>;
+
+/// Enclaves verified for a workload (or any), and when.
+type VerifiedCache = (Option<i64>, Instant, Vec<VerifiedEnclave>);
+
+/// How long a session reuses the enclaves it verified before fetching and
+/// verifying the list again. Each use also drops keys within
+/// [`EXPIRY_MARGIN_SECS`] of their `valid_until` or expiry.
+pub const RECIPIENT_CACHE_TTL: Duration = Duration::from_secs(30);
+const EXPIRY_MARGIN_SECS: i64 = 10;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -366,6 +380,8 @@ impl Session {
             passphrase: None,
             passphrase_prompt: None,
             default_key: None,
+            verified: std::sync::Mutex::new(Vec::new()),
+            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -467,6 +483,18 @@ impl Session {
     /// Registers a stored key's public half with the coordinator
     /// (idempotent: a key already registered is fine).
     pub async fn register(&self, stored: &StoredKey) -> Result<(), ClientError> {
+        let id = stored.key_id.to_string();
+        if self.registered.lock().is_ok_and(|r| r.contains(&id)) {
+            return Ok(());
+        }
+        self.register_now(stored).await?;
+        if let Ok(mut r) = self.registered.lock() {
+            r.insert(id);
+        }
+        Ok(())
+    }
+
+    async fn register_now(&self, stored: &StoredKey) -> Result<(), ClientError> {
         let req = archipelago_proto::api::RegisterKeyRequest {
             public_key: stored.public_key.clone(),
             kind: Some(archipelago_proto::api::KEY_KIND_X25519.into()),
@@ -488,11 +516,28 @@ impl Session {
         Ok(appraise_enclaves(&list.enclaves, &self.policy, now_secs()))
     }
 
-    /// Verified recipients for `workload_id`, or a clear error.
+    /// Verified recipients for `workload_id`, or a clear error. The
+    /// enclaves verified for a workload are reused for
+    /// [`RECIPIENT_CACHE_TTL`]; see [`Session::forget_recipients`].
     pub async fn choose_recipients(
         &self,
         workload_id: Option<i64>,
     ) -> Result<Vec<VerifiedEnclave>, ClientError> {
+        let now = now_secs() as i64;
+        let live = |e: &VerifiedEnclave| {
+            e.valid_until > now + EXPIRY_MARGIN_SECS && e.key_expires_at > now + EXPIRY_MARGIN_SECS
+        };
+        if let Ok(cache) = self.verified.lock() {
+            if let Some((_, _, list)) = cache
+                .iter()
+                .find(|(w, at, _)| *w == workload_id && at.elapsed() < RECIPIENT_CACHE_TTL)
+            {
+                let list: Vec<VerifiedEnclave> = list.iter().filter(|e| live(e)).cloned().collect();
+                if !list.is_empty() {
+                    return Ok(pick_recipients(&list, self.recipients));
+                }
+            }
+        }
         let a = self.appraise(workload_id).await?;
         let mut accepted = a.accepted;
         if let Some(w) = workload_id {
@@ -504,7 +549,20 @@ impl Session {
                 refused: a.refused,
             });
         }
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.retain(|(w, at, _)| *w != workload_id && at.elapsed() < RECIPIENT_CACHE_TTL);
+            cache.push((workload_id, Instant::now(), accepted.clone()));
+        }
         Ok(pick_recipients(&accepted, self.recipients))
+    }
+
+    /// Drops the enclaves this session verified, so the next seal fetches
+    /// and verifies the list again (e.g. after a job failed because none of
+    /// its recipients was available).
+    pub fn forget_recipients(&self) {
+        if let Ok(mut cache) = self.verified.lock() {
+            cache.clear();
+        }
     }
 
     /// Seals `input` for `workload_id` (None: unbound, see
@@ -692,6 +750,10 @@ impl Session {
                     .as_ref()
                     .map(|e| (e.code.clone(), e.message.clone()))
                     .unwrap_or_else(|| ("failed".into(), "no reason given".into()));
+                if code == "no_enclave_available" {
+                    // The enclaves chosen are gone: verify afresh next time.
+                    self.forget_recipients();
+                }
                 // An enclave error report travels sealed in the output.
                 if let Some(out) = &job.output {
                     if let Ok(p) = serde_json::from_value::<EncryptedPayload>(out.clone()) {

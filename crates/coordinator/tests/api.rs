@@ -1539,6 +1539,141 @@ async fn lease_expiry_and_requeue(b: Backend) {
 }
 both!(lease_expiry_t, lease_expiry_and_requeue);
 
+/// `POST /island/jobs/{id}/release`: only the leasing island, under its
+/// live lease, may give a job back; it is requeued at once (long before the
+/// lease would lapse) for the envelope's other recipients only, fails with
+/// the re-encrypt error when none is left, and is never charged.
+async fn release_requeues_now(b: Backend) {
+    // Leases of 60 s: anything requeued within this test was released.
+    let h = Harness::start_with(b, true, |c| c.lease_secs = 60).await;
+    let (_, user) = h.user(10_000).await;
+    let (ck, kid) = h.client_key(&user).await;
+    let (_, ta) = h.island(sim_caps()).await;
+    let (_, tb) = h.island(sim_caps()).await;
+    let (_, tplain) = h.island(plain_caps()).await;
+    let (eka, _) = h.attest(&ta).await;
+    let (ekb, idb) = h.attest(&tb).await;
+    let r = h
+        .submit_sealed(
+            &user,
+            &ck,
+            &kid,
+            5,
+            &[eka.public(), ekb.public()],
+            json!({}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let (holder, other) = (ta.clone(), tb.clone());
+    let l = h.lease(&holder, 1000).await;
+    assert_eq!(l.status, 200, "{:?}", l.body);
+    assert_eq!(l.body["job_id"], id.as_str());
+    let lease = l.body["lease_id"].as_str().unwrap().to_string();
+    let url = format!("/api/v1/island/jobs/{id}/release");
+    // Authorization matrix.
+    let r = h
+        .call(Method::POST, &url, None, Some(json!({"lease_id": lease})))
+        .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    let r = h.post(&url, &user, json!({"lease_id": lease})).await;
+    assert_eq!(r.status, 401, "an API key is not an island token");
+    for t in [&other, &tplain] {
+        let r = h.post(&url, t, json!({"lease_id": lease})).await;
+        assert_eq!(r.status, 404, "{:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "not_found");
+    }
+    let r = h
+        .post(
+            "/api/v1/island/jobs/job_nope/release",
+            &holder,
+            json!({"lease_id": lease}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = h
+        .post(&url, &holder, json!({"lease_id": "lease_other"}))
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["error"]["code"], "lease_lost");
+    let r = h
+        .post(
+            &url,
+            &holder,
+            json!({"lease_id": lease, "reason": "Not A Code"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(h.job(&user, &id).await["state"], "assigned");
+    // The holder releases: queued now, not after the 60 s lease.
+    let r = h
+        .post(
+            &url,
+            &holder,
+            json!({"lease_id": lease, "reason": "draining"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["state"], "queued");
+    let j = h.job(&user, &id).await;
+    assert_eq!(j["state"], "queued");
+    assert_eq!(j["attempts"], 1);
+    // Releasing again is refused: the lease is gone.
+    let r = h.post(&url, &holder, json!({"lease_id": lease})).await;
+    assert_eq!(r.status, 404);
+    // Never back to the releasing island; the other recipient takes it.
+    assert_eq!(h.lease(&holder, 0).await.status, 204);
+    let l2 = h.lease(&other, 1000).await;
+    assert_eq!(l2.status, 200);
+    assert_eq!(l2.body["job_id"], id.as_str());
+    // The last recipient releases too: failed with the re-encrypt error,
+    // refunded in full.
+    let lease2 = l2.body["lease_id"].as_str().unwrap().to_string();
+    let r = h.post(&url, &other, json!({"lease_id": lease2})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["state"], "failed");
+    let j = h.job(&user, &id).await;
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["error"]["code"], "no_enclave_available");
+    assert_eq!(j["cost"], 0);
+    assert_eq!(j["recipients"].as_array().unwrap().len(), 2);
+    assert!(j["recipients"].as_array().unwrap().contains(&json!(idb)));
+
+    // A plain job released by one island goes to another.
+    let (_, tplain2) = h.island(plain_caps()).await;
+    let r = h
+        .post(
+            "/api/v1/jobs",
+            &user,
+            json!({"workload_id": 5, "input": {}}),
+        )
+        .await;
+    let pid = r.body["id"].as_str().unwrap().to_string();
+    let l = h.lease(&tplain, 1000).await;
+    assert_eq!(l.body["job_id"], pid.as_str());
+    let r = h
+        .post(
+            &format!("/api/v1/island/jobs/{pid}/release"),
+            &tplain,
+            json!({"lease_id": l.body["lease_id"]}),
+        )
+        .await;
+    assert_eq!(r.body["state"], "queued");
+    assert_eq!(h.lease(&tplain, 0).await.status, 204);
+    let l = h.lease(&tplain2, 1000).await;
+    assert_eq!(l.body["job_id"], pid.as_str());
+    let acc = h.get("/api/v1/account", &user).await.body;
+    assert!(
+        acc["ledger"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] != "charge"),
+        "a released job is charged nothing: {acc}"
+    );
+    h.finish().await;
+}
+both!(release_t, release_requeues_now);
+
 async fn conservation(b: Backend) {
     let h = Harness::start_with(b, true, |c| {
         c.lease_secs = 1;

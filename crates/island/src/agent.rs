@@ -11,12 +11,27 @@
 //!   then posting the result (plain output, or the enclave's sealed
 //!   response as opaque base64url).
 //!
+//! **Streaming.** Jobs of the streaming workloads (`chat`, and `echo`, its
+//! test stand-in) relay their output as it is produced: for a confidential
+//! job the enclave is asked to stream, and each sealed response frame
+//! (header, then every chunk) is posted as it arrives to
+//! `POST /island/jobs/{id}/chunks` as opaque base64url bytes, in order
+//! (`seq` 0, 1, …; frames that queue up while a post is in flight are
+//! concatenated into one post — the client's decoder accepts any split).
+//! Concatenated, the posted pieces are exactly the sealed response the
+//! result carries, so the client can open tokens as they come. A plain chat
+//! job relays its `{"delta": …}` lines the same way. The result is posted
+//! only after the relay has flushed, so a stream never ends before its
+//! chunks.
+//!
 //! **Releasing a job.** When the agent cannot run a confidential job — the
 //! enclave no longer holds the key the envelope names (it restarted), it is
-//! restarting, busy or shutting down — it stops renewing the lease instead
-//! of posting a failure. The coordinator then requeues the job for the
-//! envelope's *other* recipients (excluding this island), or fails it with
-//! its re-encrypt error when none is left.
+//! restarting, busy or shutting down — it gives the job back with
+//! `POST /island/jobs/{id}/release` instead of posting a failure. The
+//! coordinator requeues it at once for the envelope's *other* recipients
+//! (excluding this island), or fails it with its re-encrypt error when none
+//! is left; nothing is charged. Should the release itself fail, the lease
+//! lapses and the coordinator does the same a lease period later.
 //!
 //! **Draining.** On shutdown the agent stops leasing, lets running jobs
 //! finish for up to `drain_timeout`, releases the rest, and then asks the
@@ -24,6 +39,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,6 +124,8 @@ struct Ctx {
     enclave: Option<CurrentEnclave>,
     /// Running jobs → their cancel switch.
     active: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Set on shutdown: jobs stopped from now on are released.
+    draining: AtomicBool,
     capacity: usize,
     heartbeat_every: Mutex<Duration>,
 }
@@ -257,6 +275,7 @@ pub async fn run(
         he,
         enclave: current,
         active: Mutex::new(HashMap::new()),
+        draining: AtomicBool::new(false),
         capacity: config.capacity,
         heartbeat_every: Mutex::new(Duration::from_secs(hb_secs.unwrap_or(10).max(1))),
     });
@@ -319,7 +338,8 @@ pub async fn run(
         Ok(_) => tracing::info!("all jobs finished"),
         Err(_) => {
             let left = ctx.active_ids();
-            tracing::warn!(jobs = ?left, "drain timeout: releasing unfinished jobs (their leases lapse and the coordinator requeues them)");
+            tracing::warn!(jobs = ?left, "drain timeout: releasing unfinished jobs (the coordinator requeues them for other islands)");
+            ctx.draining.store(true, Ordering::SeqCst);
             for j in &left {
                 ctx.cancel(j);
             }
@@ -510,7 +530,8 @@ async fn lease_loop(
 enum Finish {
     /// Post this result.
     Post(ResultPost),
-    /// Let the lease lapse so the coordinator requeues the job elsewhere.
+    /// Give the job back (`reason` is a short code) so the coordinator
+    /// requeues it elsewhere.
     Release(&'static str),
 }
 
@@ -544,11 +565,14 @@ async fn run_job(ctx: &Ctx, job: LeasedJob) {
         a.remove(&job.job_id);
     }
     match finish {
-        None => {
-            tracing::info!(job_id = %job.job_id, "job stopped (lease lost, cancelled or released on shutdown)")
+        None if ctx.draining.load(Ordering::SeqCst) => {
+            release(ctx, &job, "draining").await;
         }
-        Some(Finish::Release(why)) => {
-            tracing::info!(job_id = %job.job_id, reason = why, "job released: its lease will lapse and the coordinator requeues it for the other recipients");
+        None => {
+            tracing::info!(job_id = %job.job_id, "job stopped (lease lost or cancelled)")
+        }
+        Some(Finish::Release(reason)) => {
+            release(ctx, &job, reason).await;
         }
         Some(Finish::Post(mut post)) => {
             if post.execution_ms == 0 {
@@ -556,6 +580,129 @@ async fn run_job(ctx: &Ctx, job: LeasedJob) {
             }
             post_result(ctx, &job.job_id, &post).await;
         }
+    }
+}
+
+/// Gives a leased job back so the coordinator requeues it now for the
+/// other recipients (excluding this island). If that fails the lease
+/// lapses and the coordinator requeues it a lease period later.
+async fn release(ctx: &Ctx, job: &LeasedJob, reason: &'static str) {
+    let req = ReleaseRequest {
+        lease_id: job.lease_id.clone(),
+        reason: Some(reason.to_string()),
+    };
+    let job_id = job.job_id.as_str();
+    for attempt in 0..3u32 {
+        match ctx.client.release(job_id, &req).await {
+            Ok(r) => {
+                tracing::info!(job_id, reason, state = %r.state, "job released to the coordinator");
+                return;
+            }
+            Err(e) if e.is_lease_gone() => {
+                tracing::info!(job_id, reason, error = %e, "release not needed: the lease is gone");
+                return;
+            }
+            Err(e @ ClientError::Transport { .. }) => {
+                tracing::warn!(job_id, attempt, error = %e, "releasing the job failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            Err(e) => {
+                tracing::warn!(job_id, reason, error = %e, "release refused; the lease will lapse instead");
+                return;
+            }
+        }
+    }
+    tracing::warn!(
+        job_id,
+        reason,
+        "could not release the job; the lease will lapse instead"
+    );
+}
+
+/// Whether a workload streams its output as it is produced (chat, and the
+/// echo test workload that stands in for it).
+fn streams(job: &LeasedJob) -> bool {
+    matches!(job.workload_slug.as_str(), "chat" | "echo")
+}
+
+/// Largest batch of relayed bytes per chunk post (the coordinator takes up
+/// to 2 MiB per chunk).
+const MAX_RELAY_BATCH: usize = 1024 * 1024;
+
+/// Posts a job's streamed pieces to the coordinator in order, as they are
+/// produced. Pieces that queue up while a post is in flight go out together
+/// in the next post.
+struct Relay {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// `encode` turns relayed bytes into the chunk's `data` (base64url for
+    /// sealed frames, UTF-8 text for plain deltas).
+    fn start(ctx: &Ctx, job: &LeasedJob, encode: fn(&[u8]) -> String) -> Relay {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let client = ctx.client.clone();
+        let job_id = job.job_id.clone();
+        let lease_id = job.lease_id.clone();
+        let task = tokio::spawn(async move {
+            let mut seq = 0i64;
+            let mut held: Option<Vec<u8>> = None;
+            loop {
+                let mut batch = match held.take() {
+                    Some(b) => b,
+                    None => match rx.recv().await {
+                        Some(b) => b,
+                        None => return,
+                    },
+                };
+                while let Ok(more) = rx.try_recv() {
+                    if batch.len() + more.len() > MAX_RELAY_BATCH {
+                        held = Some(more);
+                        break;
+                    }
+                    batch.extend_from_slice(&more);
+                }
+                let post = ChunkPost {
+                    lease_id: lease_id.clone(),
+                    seq,
+                    data: encode(&batch),
+                };
+                let mut sent = false;
+                for attempt in 0..3u32 {
+                    match client.chunk(&job_id, &post).await {
+                        Ok(()) => {
+                            sent = true;
+                            break;
+                        }
+                        Err(e @ ClientError::Transport { .. }) => {
+                            tracing::debug!(job_id = %job_id, seq, attempt, error = %e, "chunk post failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        }
+                        Err(e) => {
+                            tracing::info!(job_id = %job_id, seq, error = %e, "chunk refused; streaming stops (the result still carries the whole output)");
+                            break;
+                        }
+                    }
+                }
+                if !sent {
+                    // Later pieces cannot be relayed in order any more; the
+                    // result carries them all.
+                    rx.close();
+                    while rx.recv().await.is_some() {}
+                    return;
+                }
+                tracing::trace!(job_id = %job_id, seq, len = batch.len(), "chunk relayed");
+                seq += 1;
+            }
+        });
+        Relay { tx, task }
+    }
+
+    /// Waits until everything handed over has been posted (bounded).
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
     }
 }
 
@@ -657,8 +804,21 @@ async fn execute_plain(ctx: &Ctx, job: &LeasedJob) -> Finish {
     let workload = job.workload_id;
     let input = job.input.clone();
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || plain.run(workload, &input)).await;
+    let relay = streams(job)
+        .then(|| Relay::start(ctx, job, |b: &[u8]| String::from_utf8_lossy(b).into_owned()));
+    let tx = relay.as_ref().map(|r| r.tx.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        plain.run_streaming(workload, &input, &mut |piece| {
+            if let Some(tx) = &tx {
+                let _ = tx.send(piece.to_vec());
+            }
+        })
+    })
+    .await;
     let execution_ms = started.elapsed().as_millis() as i64;
+    if let Some(r) = relay {
+        r.finish().await;
+    }
     match result {
         Ok(Ok(output)) => Finish::Post(ResultPost {
             lease_id: String::new(),
@@ -679,7 +839,7 @@ async fn execute_plain(ctx: &Ctx, job: &LeasedJob) -> Finish {
 
 async fn execute_tee(ctx: &Ctx, job: &LeasedJob) -> Finish {
     let Some(current) = &ctx.enclave else {
-        return Finish::Release("this island has no enclave");
+        return Finish::Release("no_enclave");
     };
     // The input is the submitted `{"encrypted": true, "key_id", "ciphertext"}`.
     let payload: EncryptedPayload = match serde_json::from_value(job.input.clone()) {
@@ -728,18 +888,26 @@ async fn execute_tee(ctx: &Ctx, job: &LeasedJob) -> Finish {
         _ => None,
     };
     let Some(enclave) = enclave else {
-        return Finish::Release("the enclave is not running");
+        return Finish::Release("enclave_not_running");
     };
-    tracing::debug!(job_id = %job.job_id, envelope_len = envelope.len(), "handing the envelope to the enclave");
+    let stream = streams(job);
+    tracing::debug!(job_id = %job.job_id, envelope_len = envelope.len(), stream, "handing the envelope to the enclave");
+    let relay = stream.then(|| Relay::start(ctx, job, |b: &[u8]| b64::encode_url(b)));
     let outcome = enclave
-        .run_job(JobRequest {
-            job_id: job.job_id.clone(),
-            workload_id,
-            client_key_id,
-            envelope: envelope.into(),
-            stream: false,
-        })
+        .run_job(
+            JobRequest {
+                job_id: job.job_id.clone(),
+                workload_id,
+                client_key_id,
+                envelope: envelope.into(),
+                stream,
+            },
+            relay.as_ref().map(|r| &r.tx),
+        )
         .await;
+    if let Some(r) = relay {
+        r.finish().await;
+    }
     let sealed = |bytes: &[u8]| {
         serde_json::to_value(EncryptedPayload {
             encrypted: true,
@@ -766,12 +934,9 @@ async fn execute_tee(ctx: &Ctx, job: &LeasedJob) -> Finish {
         }) => {
             tracing::info!(job_id = %job.job_id, code = code.as_str(), "enclave refused or failed the job");
             match code {
-                ErrorCode::NotARecipient => {
-                    Finish::Release("the enclave no longer holds the key the envelope names")
-                }
-                ErrorCode::Busy | ErrorCode::ShuttingDown => {
-                    Finish::Release("the enclave is busy or shutting down")
-                }
+                // The enclave no longer holds the key the envelope names.
+                ErrorCode::NotARecipient => Finish::Release("not_a_recipient"),
+                ErrorCode::Busy | ErrorCode::ShuttingDown => Finish::Release("enclave_busy"),
                 _ => {
                     let mut p = failed(code.as_str(), code.describe());
                     p.output = sealed_response.as_deref().and_then(sealed);
@@ -781,7 +946,7 @@ async fn execute_tee(ctx: &Ctx, job: &LeasedJob) -> Finish {
         }
         Err(e) => {
             tracing::warn!(job_id = %job.job_id, error = %e, "enclave failed while running the job");
-            Finish::Release("the enclave went away during the job")
+            Finish::Release("enclave_lost")
         }
     }
 }

@@ -257,6 +257,21 @@ impl CoordinatorClient {
         .map(drop)
     }
 
+    /// `POST /island/jobs/{id}/release`.
+    pub async fn release(
+        &self,
+        job_id: &str,
+        req: &ReleaseRequest,
+    ) -> Result<ReleaseResponse, ClientError> {
+        self.post_some(
+            "release",
+            &format!("jobs/{}/release", path_seg(job_id)),
+            req,
+            SHORT,
+        )
+        .await
+    }
+
     /// `POST /island/jobs/{id}/result`.
     pub async fn result(
         &self,

@@ -374,7 +374,13 @@ impl Enclave {
 
     /// Runs a confidential job: hands the envelope in, collects the sealed
     /// response. The agent never sees anything but ciphertext and a code.
-    pub async fn run_job(&self, job: JobRequest) -> Result<JobOutcome, EnclaveError> {
+    /// With `relay`, every sealed response frame (header, then each chunk)
+    /// is also sent there the moment it arrives, for streaming.
+    pub async fn run_job(
+        &self,
+        job: JobRequest,
+        relay: Option<&mpsc::UnboundedSender<Vec<u8>>>,
+    ) -> Result<JobOutcome, EnclaveError> {
         let job_id = job.job_id.clone();
         let (req, mut rx) = self.register();
         let result = async {
@@ -389,11 +395,17 @@ impl Enclave {
                     {
                         saw_header = true;
                         append(&mut response, &bytes)?;
+                        if let Some(r) = relay {
+                            let _ = r.send(bytes.0);
+                        }
                     }
                     FromEnclave::ResponseChunk { job_id: j, bytes }
                         if j == job_id && saw_header =>
                     {
                         append(&mut response, &bytes)?;
+                        if let Some(r) = relay {
+                            let _ = r.send(bytes.0);
+                        }
                     }
                     FromEnclave::JobDone { job_id: j, exec_ms } if j == job_id => {
                         if !saw_header {

@@ -99,6 +99,17 @@ impl PlainRunner {
         workload_id: i64,
         input: &serde_json::Value,
     ) -> Result<serde_json::Value, PlainError> {
+        self.run_streaming(workload_id, input, &mut |_| {})
+    }
+
+    /// Runs one job, handing each streamed piece (chat: one `{"delta": …}`
+    /// line per token) to `sink` as it is produced (blocking).
+    pub fn run_streaming(
+        &self,
+        workload_id: i64,
+        input: &serde_json::Value,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<serde_json::Value, PlainError> {
         if workload_id == ECHO_WORKLOAD_ID {
             return echo(input);
         }
@@ -112,7 +123,7 @@ impl PlainRunner {
             .map_err(|e| PlainError::NoRuntime(e.clone()))?;
         let bytes =
             serde_json::to_vec(input).map_err(|_| PlainError::Input("not serialisable".into()))?;
-        let out = rt.run(kind, &bytes, &mut |_| {})?;
+        let out = rt.run(kind, &bytes, sink)?;
         serde_json::from_slice(&out)
             .map_err(|_| PlainError::Input("workload output is not JSON".into()))
     }

@@ -18,6 +18,9 @@
 //!    (409 `lease_lost` / `job_cancelled` tells the island to stop).
 //! 7. `POST /island/jobs/{id}/chunks` [`ChunkPost`] (optional streaming).
 //! 8. `POST /island/jobs/{id}/result` [`ResultPost`] → [`ResultResponse`].
+//! 9. `POST /island/jobs/{id}/release` [`ReleaseRequest`] →
+//!    [`ReleaseResponse`]: give a leased job back unfinished (requeued for
+//!    its other recipients, nothing charged).
 //!
 //! The island agent only ever relays ciphertext for confidential jobs: the
 //! coordinator refuses a result of a confidential job that is not an
@@ -216,6 +219,27 @@ pub struct ChunkPost {
     pub lease_id: String,
     pub seq: i64,
     pub data: String,
+}
+
+/// `POST /island/jobs/{id}/release`: give a leased job back without a
+/// result (the island cannot run it, or is shutting down). The job is
+/// requeued for its other recipients (never this island) and nothing is
+/// charged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReleaseRequest {
+    pub lease_id: String,
+    /// Why, for the coordinator's log (a short code, e.g. `draining`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Answer to a release: the job's state afterwards (`queued`, or `failed`
+/// when no recipient or attempt is left).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReleaseResponse {
+    pub state: String,
 }
 
 /// `POST /island/jobs/{id}/result`.

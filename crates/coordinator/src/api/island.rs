@@ -1,7 +1,8 @@
 //! Island-side handlers (`Authorization: Bearer it_…`): enrollment,
 //! attestation (nonce → evidence → verify and appraise with the
 //! coordinator's policy → enclave key recorded), heartbeats, long-poll
-//! leases, renewals, streamed chunks and results with settlement.
+//! leases, renewals, streamed chunks, results with settlement, and
+//! releases (a job given back unfinished is requeued at once).
 //!
 //! For confidential jobs an island only ever posts ciphertext: results are
 //! re-serialised from the `{"encrypted": true, …}` shape, so nothing else
@@ -24,7 +25,7 @@ use archipelago_proto::{b64, KeyId};
 use super::views;
 use crate::app::{ApiJson, AppState, IslandAuth};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{CompleteOutcome, IslandSnapshot, NewEnclave};
+use crate::store::{CompleteOutcome, IslandSnapshot, NewEnclave, ReleaseOutcome};
 use crate::util::now_secs;
 
 const MAX_RUNTIMES: usize = 16;
@@ -560,6 +561,51 @@ pub async fn result(
         CompleteOutcome::Cancelled => Err(lease_error(false)),
         CompleteOutcome::LeaseLost | CompleteOutcome::NotFound => Err(lease_error(true)),
     }
+}
+
+#[utoipa::path(post, path = "/api/v1/island/jobs/{id}/release", request_body = ReleaseRequest,
+    responses((status = 200, body = ReleaseResponse), (status = 404, body = api::ErrorBody, description = "no such job leased to this island"),
+      (status = 409, body = api::ErrorBody, description = "the lease is not live any more")))]
+pub async fn release(
+    State(st): State<AppState>,
+    auth: IslandAuth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
+) -> ApiResult<Json<ReleaseResponse>> {
+    if req.lease_id.is_empty() || req.lease_id.len() > 128 {
+        return Err(ApiError::field(
+            "lease_id",
+            "the lease id from /island/lease",
+        ));
+    }
+    let reason = req.reason.as_deref().unwrap_or("unspecified");
+    if reason.is_empty()
+        || reason.len() > 64
+        || !reason
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ApiError::field("reason", "1..=64 of [a-z0-9_]"));
+    }
+    let outcome = st
+        .store
+        .release_job(&auth.island.id, &id, &req.lease_id, st.config.max_attempts)
+        .await?;
+    let state = match outcome {
+        ReleaseOutcome::Requeued => "queued",
+        ReleaseOutcome::Failed => "failed",
+        ReleaseOutcome::NotYours => return Err(ApiError::not_found("job leased to this island")),
+        ReleaseOutcome::LeaseLost => return Err(lease_error(true)),
+    };
+    tracing::info!(job_id = %id, island_id = %auth.island.id, reason, state, "job released by its island");
+    st.job_changed(&id).await;
+    if state == "queued" {
+        // Another recipient may lease it now.
+        st.dispatcher.wake_all();
+    }
+    Ok(Json(ReleaseResponse {
+        state: state.into(),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/island/he-keys/{key_id}", responses((status = 200, body = HeKeyMaterial), (status = 404, body = api::ErrorBody)))]

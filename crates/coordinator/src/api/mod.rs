@@ -28,7 +28,7 @@ use crate::error::ApiResult;
         public::submit_job, public::get_job, public::list_jobs, public::cancel_job, public::stream_job,
         public::islands,
         island::enroll, island::challenge, island::attest, island::heartbeat, island::lease,
-        island::renew, island::chunk, island::result, island::he_key,
+        island::renew, island::chunk, island::result, island::release, island::he_key,
     ),
     components(schemas(archipelago_proto::island::LeasedJobs)),
     modifiers(&BearerAuth),
@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/island/jobs/{id}/result", post(island::result))
         .route("/island/jobs/{id}/chunks", post(island::chunk))
+        .route("/island/jobs/{id}/release", post(island::release))
         .layer(large);
     let v1 = Router::new()
         .route("/health", get(public::health))

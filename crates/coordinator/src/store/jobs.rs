@@ -1020,6 +1020,106 @@ impl Store {
     }
 }
 
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Back in the queue for the other recipients / islands.
+    Requeued,
+    /// No recipient (or attempt) is left: failed and refunded.
+    Failed,
+    /// The job is not leased to this island (unknown, or another's).
+    NotYours,
+    /// This island held it once, but not under this lease any more.
+    LeaseLost,
+}
+
+impl Store {
+    /// An island gives a leased job back unfinished: exactly what a lapsed
+    /// lease does (requeue excluding this island and its enclave keys, fail
+    /// with the re-encrypt error when no recipient is left, fail after
+    /// `max_attempts`), but now, and without counting a lease expiry.
+    /// Nothing is charged.
+    pub async fn release_job(
+        &self,
+        island_id: &str,
+        job_id: &str,
+        lease_id: &str,
+        max_attempts: i64,
+    ) -> Result<ReleaseOutcome> {
+        let Some(job) = self.job_any(job_id).await? else {
+            return Ok(ReleaseOutcome::NotYours);
+        };
+        if job.island_id.as_deref() != Some(island_id) {
+            return Ok(ReleaseOutcome::NotYours);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE jobs SET state = 'queued', island_id = NULL, lease_id = NULL, lease_expires_at = NULL, \
+             leased_at = NULL, updated_at = $1 WHERE id = $2 AND island_id = $3 AND lease_id = $4 \
+             AND state IN ('assigned', 'running')",
+        )
+        .bind(now)
+        .bind(job_id)
+        .bind(island_id)
+        .bind(lease_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(ReleaseOutcome::LeaseLost);
+        }
+        sqlx::query(
+            "INSERT INTO job_exclusions (job_id, island_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(island_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE job_recipients SET excluded = 1 WHERE job_id = $1 AND key_id IN (SELECT key_id FROM enclaves WHERE island_id = $2)",
+        )
+        .bind(job_id)
+        .bind(island_id)
+        .execute(&mut *tx)
+        .await?;
+        let remaining: i64 = if job.mode == "tee" {
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM job_recipients WHERE job_id = $1 AND excluded = 0",
+            )
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?
+        } else {
+            1
+        };
+        tx.commit().await?;
+        if remaining == 0 {
+            let recips = self.recipients(job_id).await?;
+            self.fail_and_refund(
+                job_id,
+                "failed",
+                NO_ENCLAVE_CODE,
+                &no_enclave_message(&recips, job.workload_id),
+            )
+            .await?;
+            return Ok(ReleaseOutcome::Failed);
+        }
+        if job.attempts >= max_attempts {
+            self.fail_and_refund(
+                job_id,
+                "failed",
+                "lease_expired",
+                &format!("the job was given back by {} islands (they went away or could not run it); the hold was refunded, submit it again", job.attempts),
+            )
+            .await?;
+            return Ok(ReleaseOutcome::Failed);
+        }
+        Ok(ReleaseOutcome::Requeued)
+    }
+}
+
 /// Cost of a successful job: the smaller of the island's measurement and
 /// the time since the lease, capped at `max_seconds`, at the job's rate,
 /// rounded up to whole credits, never above the hold.

@@ -27,7 +27,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor};
 
-pub use jobs::{Claim, CompleteOutcome, IslandSnapshot, JobRow, NewJob, ReapReport, SubmitOutcome};
+pub use jobs::{
+    Claim, CompleteOutcome, IslandSnapshot, JobRow, NewJob, ReapReport, ReleaseOutcome,
+    SubmitOutcome,
+};
 pub use ledger::{Book, LedgerTotals};
 pub use registry::{
     AccountRow, ApiKeyRow, ClientKeyRow, EnclaveRow, IslandRow, NewEnclave, WorkloadRow,

@@ -1,0 +1,388 @@
+//! End-to-end latency of a confidential job against the same job plain
+//! (issue 5 §5), from the client's point of view, through real processes:
+//! a coordinator (`archipelago coordinator serve`, SQLite) and ONE sim
+//! island (`archipelago island --tee sim`, supervising its
+//! `archipelago-enclave`), both with the real models.
+//!
+//! Each round runs, interleaved (the order rotates every round), the same
+//! MiniLM classify job and the same short greedy chat job, plain and
+//! confidential. Plain: submit → result. Confidential: seal (recipients
+//! verified with the client's own policy) → submit → result → open and
+//! authenticate. Both wait for the result the same way (the SDK follows
+//! the job's SSE stream). The client-side seal and open are timed, and the
+//! enclave-side open + seal of the same sizes is measured in-process, so
+//! the crypto share of the difference can be stated.
+//!
+//! ```sh
+//! cargo bench -p archipelago --profile dev --bench job_e2e
+//! BENCH_ROUNDS=20 BENCH_CHAT_TOKENS=32 cargo bench -p archipelago --profile dev --bench job_e2e
+//! ```
+//!
+//! Needs the models (`scripts/fetch-models.sh`). Prints a Markdown table.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use archipelago_attest::{Policy, SimRoot};
+use archipelago_client::{ApiClient, Keystore, Session};
+use archipelago_proto::api::SubmitJobRequest;
+use archipelago_proto::envelope::{
+    open_request, seal_request, ChunkKind, Expectations, RequestBody, ResponseSealer,
+};
+use archipelago_proto::{b64, SecretKey};
+use serde_json::{json, Value};
+
+const CHAT: i64 = 1;
+const CLASSIFY: i64 = 3;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Result<Proc> {
+    let f = File::create(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(f))
+        .env("ARCHIPELAGO_LOG", "info");
+    Ok(Proc(cmd.spawn().context("spawning")?))
+}
+
+fn archipelago_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_archipelago"))
+}
+
+fn enclave_bin() -> Result<PathBuf> {
+    let bin = archipelago_bin();
+    let dir = bin.parent().context("binary dir")?;
+    // Benches live in deps/; the binaries one level up.
+    for d in [dir.to_path_buf(), dir.join("..")] {
+        let e = d.join("archipelago-enclave");
+        if e.exists() {
+            return Ok(e);
+        }
+    }
+    bail!(
+        "archipelago-enclave not found next to {}; build it with `cargo build -p archipelago-enclave` (same profile)",
+        bin.display()
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[derive(Default)]
+struct Samples {
+    plain: Vec<f64>,
+    conf: Vec<f64>,
+    seal: Vec<f64>,
+    open: Vec<f64>,
+    input_len: usize,
+    output_len: usize,
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let chat_tokens: usize = std::env::var("BENCH_CHAT_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let models = archipelago_inference::ModelStore::from_env()
+        .context("model store")?
+        .dir()
+        .to_path_buf();
+    let enclave = enclave_bin()?;
+    let dir = std::env::temp_dir().join(format!("archipelago-bench-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("coordinator"))?;
+    let root = SimRoot::generate();
+    let root_file = dir.join("sim-root.key");
+    root.save(&root_file)?;
+    let cdir = dir.join("coordinator");
+    std::fs::write(
+        cdir.join("coordinator.toml"),
+        format!(
+            "dev_sim_root = \"{}\"\nrate_limit_per_sec = 10000.0\nrate_limit_burst = 10000.0\n",
+            hex(&root.public_key())
+        ),
+    )?;
+    let out = Command::new(archipelago_bin())
+        .args(["coordinator", "init", "--json", "--data-dir"])
+        .arg(&cdir)
+        .output()?;
+    if !out.status.success() {
+        bail!("coordinator init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let init: Value = serde_json::from_slice(&out.stdout)?;
+    let api_key = init["api_key"].as_str().context("api_key")?.to_string();
+    let token = init["enrollment_token"]
+        .as_str()
+        .context("enrollment_token")?
+        .to_string();
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(archipelago_bin());
+    cmd.args([
+        "coordinator",
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(&cdir);
+    let _coordinator = spawn(cmd, &dir.join("coordinator.log"))?;
+    let m = Command::new(&enclave)
+        .args(["measure", "--models-dir"])
+        .arg(&models)
+        .output()?;
+    if !m.status.success() {
+        bail!("archipelago-enclave measure failed");
+    }
+    let measurement = String::from_utf8(m.stdout)?.trim().to_string();
+    let mut cmd = Command::new(archipelago_bin());
+    cmd.args([
+        "island",
+        "--coordinator",
+        &base,
+        "--enrollment-token",
+        &token,
+    ])
+    .args(["--name", "bench", "--tee", "sim", "--sim-root"])
+    .arg(&root_file)
+    .arg("--enclave-bin")
+    .arg(&enclave)
+    .arg("--models-dir")
+    .arg(&models)
+    .arg("--data-dir")
+    .arg(dir.join("island"));
+    let _island = spawn(cmd, &dir.join("island.log"))?;
+
+    let policy = Policy::from_toml_str(&format!(
+        "accepted_tees = [\"sim\"]\naccept_sim = true\n[sim]\nroots = [\"{}\"]\nmeasurements = [\"{measurement}\"]\n",
+        b64::encode_std(&root.public_key())
+    ))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let session = Session::new(
+        ApiClient::new(&base, Some(api_key))?,
+        Keystore::open(dir.join("keys"))?,
+        policy,
+    );
+    let result = rt.block_on(run(&session, rounds, chat_tokens));
+    drop(_island);
+    drop(_coordinator);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("logs kept in {}", dir.display());
+    }
+    result
+}
+
+async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()> {
+    // Wait for the island's enclave key to be attested and accepted.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(r) = session.choose_recipients(Some(CLASSIFY)).await {
+            if !r.is_empty() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no attested enclave accepted by the bench policy within 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let meta = session.create_key(Some("bench")).await?;
+    let key = session.load_key(meta.key_id.as_str())?;
+    let classify_in =
+        json!({"text": "The battery died after two days and support never answered my emails."});
+    let chat_in = json!({"prompt": "Name three colours of the rainbow.", "max_tokens": chat_tokens, "temperature": 0.0, "seed": 1});
+    let timeout = Duration::from_secs(600);
+
+    let plain = |w: i64, input: Value| async move {
+        let t0 = Instant::now();
+        let req = SubmitJobRequest {
+            workload_id: w,
+            confidential: false,
+            encryption_key_id: None,
+            mode: None,
+            input,
+            timeout_seconds: None,
+        };
+        let job = session.api().submit_job(&req, None).await?;
+        let job = session.wait(&job.id, timeout).await?;
+        if job.state != "succeeded" {
+            bail!("plain job {} ended {}: {:?}", job.id, job.state, job.error);
+        }
+        Ok::<_, anyhow::Error>(t0.elapsed())
+    };
+    let conf = |w: i64, input: Vec<u8>| {
+        let key = &key;
+        async move {
+            let t0 = Instant::now();
+            let sealed = session.seal(Some(w), &input, key).await?;
+            let seal_t = t0.elapsed();
+            let job = session.submit(&sealed).await?;
+            let mut record = sealed.record();
+            record.job_id = Some(job.id.clone());
+            let (job, _) = session
+                .follow(&job.id, timeout, Some((&record, key)), &mut |_| {})
+                .await?;
+            let t1 = Instant::now();
+            let out = session.open_job(&job, &record, key)?;
+            let open_t = t1.elapsed();
+            Ok::<_, anyhow::Error>((t0.elapsed(), seal_t, open_t, out.data().len()))
+        }
+    };
+
+    let classify_bytes = serde_json::to_vec(&classify_in)?;
+    let chat_bytes = serde_json::to_vec(&chat_in)?;
+    eprintln!("warming up (model loads in the island and in the enclave)…");
+    for _ in 0..2 {
+        plain(CLASSIFY, classify_in.clone()).await?;
+        conf(CLASSIFY, classify_bytes.clone()).await?;
+        plain(CHAT, chat_in.clone()).await?;
+        conf(CHAT, chat_bytes.clone()).await?;
+    }
+    let mut classify = Samples {
+        input_len: classify_bytes.len(),
+        ..Default::default()
+    };
+    let mut chat = Samples {
+        input_len: chat_bytes.len(),
+        ..Default::default()
+    };
+    for round in 0..rounds {
+        // Rotate the order so neither mode always runs first.
+        for step in 0..4 {
+            match (step + round) % 4 {
+                0 => classify
+                    .plain
+                    .push(ms(plain(CLASSIFY, classify_in.clone()).await?)),
+                1 => {
+                    let (t, s, o, n) = conf(CLASSIFY, classify_bytes.clone()).await?;
+                    classify.conf.push(ms(t));
+                    classify.seal.push(ms(s));
+                    classify.open.push(ms(o));
+                    classify.output_len = n;
+                }
+                2 => chat.plain.push(ms(plain(CHAT, chat_in.clone()).await?)),
+                _ => {
+                    let (t, s, o, n) = conf(CHAT, chat_bytes.clone()).await?;
+                    chat.conf.push(ms(t));
+                    chat.seal.push(ms(s));
+                    chat.open.push(ms(o));
+                    chat.output_len = n;
+                }
+            }
+        }
+        eprintln!("round {}/{rounds} done", round + 1);
+    }
+
+    println!("| job | plain median | confidential median | ratio | client seal (incl. recipient check) | client open | enclave open + seal (in-process) | crypto share of plain |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, s) in [
+        ("classify (MiniLM)", &mut classify),
+        (&*format!("chat ({chat_tokens} tokens, greedy)"), &mut chat),
+    ] {
+        let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len);
+        let p = median(&mut s.plain);
+        let c = median(&mut s.conf);
+        let seal = median(&mut s.seal);
+        let open = median(&mut s.open);
+        println!(
+            "| {name} | {p:.1} ms | {c:.1} ms | {:.3} | {seal:.2} ms | {open:.2} ms | {enclave_ms:.2} ms | {:.1} % |",
+            c / p,
+            100.0 * (seal + open + enclave_ms) / p
+        );
+    }
+    println!("\n{rounds} rounds, each mode once per round, order rotated; medians.");
+    Ok(())
+}
+
+/// Median in-process time of what the enclave adds for one job of these
+/// sizes: open the request envelope, then set up the response and seal the
+/// output.
+fn enclave_crypto_ms(input_len: usize, output_len: usize) -> f64 {
+    let enclave = SecretKey::generate();
+    let client = SecretKey::generate();
+    let input = vec![b'x'; input_len];
+    let output = vec![b'y'; output_len.max(1)];
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let body = RequestBody::new(3, input.clone(), client.public());
+        let Ok(env) = seal_request(&body, &[enclave.public()]) else {
+            return f64::NAN;
+        };
+        let cid = client.client_id();
+        let t0 = Instant::now();
+        let Ok(opened) = open_request(
+            &env,
+            &enclave,
+            &Expectations {
+                workload_id: Some(3),
+                client_key_id: Some(&cid),
+            },
+        ) else {
+            return f64::NAN;
+        };
+        let Ok((mut sealer, _header)) =
+            ResponseSealer::new(&enclave, &opened.body.response_key, opened.body.request_id)
+        else {
+            return f64::NAN;
+        };
+        let _ = sealer.seal_chunk(&output, ChunkKind::Data, true);
+        times.push(ms(t0.elapsed()));
+    }
+    median(&mut times)
+}
