@@ -1227,6 +1227,10 @@ fn drain_releases_unfinished_jobs_promptly() {
     let a_enclave = a.enclave_pid();
     assert!(signal(b.proc.pid(), "STOP"));
     assert!(signal(a_enclave, "STOP"));
+    // b may have been stopped inside a long poll: the coordinator would hand
+    // the job to that waiting request (and b would hold it for the whole
+    // 30 s lease). Let it time out first (island wait 1.5 s, server max 2 s).
+    std::thread::sleep(Duration::from_millis(2500));
     let chosen = [&keys[0], &keys[1]];
     let s = seal(&sk, &chosen, &json!({"prompt": "hand me over"}));
     let id = net.submit(&ck, &s.envelope);
