@@ -11,8 +11,11 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 have_libclang() {
   [ -n "${LIBCLANG_PATH:-}" ] && return 0
   local f
+  # libclang-[0-9]*: a bare libclang-*.so* would also match libclang-cpp.so.N
+  # (LLVM's C++ library, present on machines with llvm but without libclang),
+  # which bindgen cannot use.
   for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang.so* \
-    /usr/lib/*-linux-gnu/libclang-*.so*; do
+    /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
     [ -e "$f" ] && return 0
   done
   return 1

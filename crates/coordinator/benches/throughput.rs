@@ -153,11 +153,7 @@ async fn teardown(s: Setup) {
     if let Some(schema) = s.cleanup {
         let url = std::env::var("ARCHIPELAGO_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let store = Store::connect(&DbConfig::postgres(&url)).await.unwrap();
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .execute(store.pool())
-            .await;
-        store.close().await;
+        let _ = Store::drop_schema(&url, &schema).await;
     }
     if let Some(dir) = s._dir {
         let _ = std::fs::remove_dir_all(dir);

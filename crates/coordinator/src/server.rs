@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use archipelago_attest::Policy;
+use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -163,6 +164,15 @@ impl Coordinator {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, database = self.state.store.kind().as_str(), "coordinator listening");
         let app = self.router();
+        // Small responses and SSE events must leave at once: with Nagle's
+        // algorithm on, an event written while the previous one is still
+        // unacknowledged waits for the peer's delayed ACK (~40 ms on Linux),
+        // which showed up as tens of milliseconds on every job.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;

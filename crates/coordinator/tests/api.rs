@@ -1828,3 +1828,52 @@ async fn replicas_share_the_queue_postgres() {
     let _ = stop_b.send(());
     h.finish().await;
 }
+
+/// A database that a newer (or another) build migrated further is refused
+/// with an error that names the unknown migration and what to do, and the
+/// test harness's clean-up never opens (and so never migrates) any schema
+/// but the test's own: a stray migration in `public` once failed every
+/// PostgreSQL test of a later build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_migration_is_refused_clearly_postgres() {
+    use archipelago_coordinator::{DbConfig, Store};
+    let (store, schema) = fresh_store(Backend::Postgres).await;
+    let schema = schema.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer build', TRUE, '\\x00'::bytea, 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.close().await;
+    let cfg = DbConfig {
+        url: pg_url(),
+        schema: Some(schema.clone()),
+        max_connections: 2,
+        synchronous_commit: true,
+    };
+    let err = match Store::connect(&cfg).await {
+        Ok(_) => panic!("a database with an unknown migration was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("migration 9999"), "{err}");
+    assert!(err.contains("newer"), "{err}");
+    Store::drop_schema(&pg_url(), &schema).await.unwrap();
+    // The drop used a plain connection: the schema is gone and nothing was
+    // created in its place.
+    let (probe, probe_schema) = fresh_store(Backend::Postgres).await;
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = $1",
+    )
+    .bind(&schema)
+    .fetch_one(probe.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    probe.close().await;
+    Store::drop_schema(&pg_url(), &probe_schema.unwrap())
+        .await
+        .unwrap();
+    assert!(Store::drop_schema(&pg_url(), "bad;name").await.is_err());
+}

@@ -44,6 +44,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database has migration {0} applied, which this build of archipelago does not know: it was migrated by a newer (or another) build. Run that build, or point the coordinator at another database or schema")]
+    UnknownMigration(i64),
     #[error("invalid database url: {0}")]
     BadUrl(String),
     #[error("ledger transaction does not balance (sum {0}); refusing to write it")]
@@ -238,7 +240,10 @@ impl Store {
                     .await?
             }
         };
-        migrator().run(&pool).await?;
+        migrator().run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::UnknownMigration(v),
+            e => StoreError::Migrate(e),
+        })?;
         let writer = writer::Writer::spawn(pool.clone());
         Ok(Store {
             writer,
@@ -248,6 +253,26 @@ impl Store {
             schema: cfg.schema.clone(),
             replica_id: crate::util::random_id("rep"),
         })
+    }
+
+    /// PostgreSQL only: drops `schema` (and everything in it) over a plain
+    /// connection to `url`, without touching or migrating any other schema.
+    /// For test and benchmark isolation schemas.
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+        if !valid_schema_name(schema) {
+            return Err(StoreError::BadUrl(format!(
+                "schema name must be [a-z_][a-z0-9_]*, got {schema:?}"
+            )));
+        }
+        sqlx::any::install_default_drivers();
+        let opts: AnyConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+            StoreError::BadUrl(format!("cannot parse database url: {e}"))
+        })?;
+        let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts).await?;
+        c.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+            .await?;
+        <sqlx::AnyConnection as sqlx::Connection>::close(c).await?;
+        Ok(())
     }
 
     pub fn kind(&self) -> DbKind {

@@ -202,11 +202,10 @@ impl Harness {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s).await;
         }
         if let Some(schema) = self.schema.take() {
-            let (s, _) = fresh_store_raw().await;
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(s.pool())
-                .await;
-            s.close().await;
+            // A plain connection: opening a Store on the default schema would
+            // migrate `public`, and a database another build migrated there
+            // would then fail every test.
+            let _ = Store::drop_schema(&pg_url(), &schema).await;
         }
     }
 
@@ -396,11 +395,6 @@ impl Harness {
             self.job(api_key, id).await
         );
     }
-}
-
-async fn fresh_store_raw() -> (Store, ()) {
-    let cfg = DbConfig::postgres(&pg_url());
-    (Store::connect(&cfg).await.unwrap(), ())
 }
 
 pub fn heartbeat_body(caps: &Value, active: &[&str]) -> Value {
