@@ -127,7 +127,18 @@ impl CoordinatorClient {
         timeout: Duration,
     ) -> Result<Option<T>, ClientError> {
         let url = format!("{}/api/v1/island/{path}", self.base);
-        let mut req = self.http.post(url).json(body).timeout(timeout);
+        self.exchange(what, self.http.post(url).json(body).timeout(timeout))
+            .await
+    }
+
+    /// Sends `req` with the island token and reads the answer: `None` on
+    /// 204, the parsed body on success, a `Refused` error carrying the
+    /// coordinator's error code and (bounded) message otherwise.
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, ClientError> {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -294,35 +305,12 @@ impl CoordinatorClient {
     pub async fn he_key(&self, key_id: &str) -> Result<HeKeyMaterial, ClientError> {
         let what = "HE key";
         let url = format!("{}/api/v1/island/he-keys/{}", self.base, path_seg(key_id));
-        let mut req = self.http.get(url).timeout(SHORT);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
-            what,
-            detail: describe(&e),
-        })?;
-        let status = resp.status();
-        let bytes = read_limited(resp, what).await?;
-        if !status.is_success() {
-            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => (e.error.code, e.error.message.chars().take(512).collect()),
-                Err(_) => (
-                    "http_error".to_string(),
-                    format!("{} bytes of non-JSON error body", bytes.len()),
-                ),
-            };
-            return Err(ClientError::Refused {
+        self.exchange(what, self.http.get(url).timeout(SHORT))
+            .await?
+            .ok_or(ClientError::Malformed {
                 what,
-                status: status.as_u16(),
-                code: code.chars().take(64).collect(),
-                message,
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
-            what,
-            detail: format!("JSON at line {} column {}", e.line(), e.column()),
-        })
+                detail: "empty answer (204)".into(),
+            })
     }
 }
 

@@ -292,6 +292,12 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| ClientError::Config(format!("listener: {e}")))?;
     tracing::info!(%addr, upstream = %state.session.api().base(), "gateway listening");
+    // As in the coordinator: stream chunks must not wait for delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
