@@ -284,7 +284,9 @@ fn matmul(x: &[f32], m: usize, w: &Packed, y: &mut [f32]) {
     }
     // Split output columns (panels) over tasks; each writes its own
     // column block, copied into y afterwards.
-    let per = w.panels().div_ceil(tasks);
+    // Even panel counts per task, so AVX-512 tiles (two panels) never
+    // straddle a task boundary.
+    let per = w.panels().div_ceil(tasks).next_multiple_of(2);
     let blocks: Vec<(usize, Vec<f32>)> = (0..tasks)
         .into_par_iter()
         .map(|t| {
@@ -334,21 +336,25 @@ impl WithSimd for MatmulOp<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
+        // A register tile is MR rows × (NP panels × NV vectors): 12
+        // accumulators with AVX2 (one 16-column panel = 2 vectors) and with
+        // AVX-512 (two panels side by side, one vector each), so the FMA
+        // units stay busy at either width.
         let lanes = core::mem::size_of::<S::f32s>() / 4;
         match lanes {
-            8 => self.run::<S, 2>(simd),
-            16 => self.run::<S, 1>(simd),
-            4 => self.run::<S, 4>(simd),
-            _ => self.run::<S, 16>(simd),
+            8 => self.run::<S, 2, 1>(simd),
+            16 => self.run::<S, 1, 2>(simd),
+            4 => self.run::<S, 4, 1>(simd),
+            _ => self.run::<S, 16, 1>(simd),
         }
     }
 }
 
 impl MatmulOp<'_> {
     #[inline(always)]
-    fn run<S: Simd, const NV: usize>(self, simd: S) {
+    fn run<S: Simd, const NV: usize, const NP: usize>(self, simd: S) {
         let MatmulOp { x, m, w, p0, p1, y } = self;
-        let (k, n) = (w.k, w.n);
+        let n = w.n;
         let (y, ld, col0) = match y {
             YOut::Rows(y) => (y, n, 0),
             YOut::Block(y) => (y, (p1 - p0) * NR, p0 * NR),
@@ -356,24 +362,14 @@ impl MatmulOp<'_> {
         let mut r0 = 0;
         while r0 < m {
             let rc = MC.min(m - r0);
-            for p in p0..p1 {
-                let panel = &w.data[p * k * NR..(p + 1) * k * NR];
-                let bias = &w.bias[p * NR..(p + 1) * NR];
-                let ycol = p * NR - col0;
-                let mut r = r0;
-                while r < r0 + rc {
-                    let rows = MR.min(r0 + rc - r);
-                    let xs = &x[r * k..(r + rows) * k];
-                    let ys = &mut y[r * ld..];
-                    match rows {
-                        6 => tile::<S, NV, 6>(simd, xs, k, panel, bias, ys, ld, ycol),
-                        5 => tile::<S, NV, 5>(simd, xs, k, panel, bias, ys, ld, ycol),
-                        4 => tile::<S, NV, 4>(simd, xs, k, panel, bias, ys, ld, ycol),
-                        3 => tile::<S, NV, 3>(simd, xs, k, panel, bias, ys, ld, ycol),
-                        2 => tile::<S, NV, 2>(simd, xs, k, panel, bias, ys, ld, ycol),
-                        _ => tile::<S, NV, 1>(simd, xs, k, panel, bias, ys, ld, ycol),
-                    }
-                    r += rows;
+            let mut p = p0;
+            while p < p1 {
+                if NP > 1 && p + NP <= p1 {
+                    panel_rows::<S, NV, NP>(simd, x, r0, rc, w, p, y, ld, p * NR - col0);
+                    p += NP;
+                } else {
+                    panel_rows::<S, NV, 1>(simd, x, r0, rc, w, p, y, ld, p * NR - col0);
+                    p += 1;
                 }
             }
             r0 += rc;
@@ -381,36 +377,87 @@ impl MatmulOp<'_> {
     }
 }
 
-/// R rows × NR columns of y = x·Wᵀ + b, accumulated in registers.
+/// Rows r0..r0+rc of y for the NP panels starting at panel `p`, one
+/// register tile of up to MR rows at a time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile<S: Simd, const NV: usize, const R: usize>(
+fn panel_rows<S: Simd, const NV: usize, const NP: usize>(
+    simd: S,
+    x: &[f32],
+    r0: usize,
+    rc: usize,
+    w: &Packed,
+    p: usize,
+    y: &mut [f32],
+    ld: usize,
+    ycol: usize,
+) {
+    let k = w.k;
+    let panels: [&[f32]; NP] =
+        core::array::from_fn(|q| &w.data[(p + q) * k * NR..(p + q + 1) * k * NR]);
+    let bias = &w.bias[p * NR..(p + NP) * NR];
+    let mut r = r0;
+    while r < r0 + rc {
+        let rows = MR.min(r0 + rc - r);
+        let xs = &x[r * k..(r + rows) * k];
+        let ys = &mut y[r * ld..];
+        match rows {
+            6 => tile::<S, NV, NP, 6>(simd, xs, k, panels, bias, ys, ld, ycol),
+            5 => tile::<S, NV, NP, 5>(simd, xs, k, panels, bias, ys, ld, ycol),
+            4 => tile::<S, NV, NP, 4>(simd, xs, k, panels, bias, ys, ld, ycol),
+            3 => tile::<S, NV, NP, 3>(simd, xs, k, panels, bias, ys, ld, ycol),
+            2 => tile::<S, NV, NP, 2>(simd, xs, k, panels, bias, ys, ld, ycol),
+            _ => tile::<S, NV, NP, 1>(simd, xs, k, panels, bias, ys, ld, ycol),
+        }
+        r += rows;
+    }
+}
+
+/// R rows × NP·NR columns of y = x·Wᵀ + b from NP (1 or 2) adjacent
+/// panels, accumulated in registers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<S: Simd, const NV: usize, const NP: usize, const R: usize>(
     simd: S,
     x: &[f32],
     k: usize,
-    panel: &[f32],
+    panels: [&[f32]; NP],
     bias: &[f32],
     y: &mut [f32],
     ld: usize,
     ycol: usize,
 ) {
-    let mut acc = [[simd.splat_f32s(0.0); NV]; R];
+    const { assert!(NP == 1 || NP == 2) };
+    let mut acc = [[[simd.splat_f32s(0.0); NV]; NP]; R];
     let rows: [&[f32]; R] = core::array::from_fn(|r| &x[r * k..(r + 1) * k]);
-    for (kk, wrow) in panel.chunks_exact(NR).enumerate().take(k) {
-        let (wv, _) = S::as_simd_f32s(wrow);
-        let wv: [S::f32s; NV] = core::array::from_fn(|v| wv[v]);
+    // Both iterators walk the same panel when NP is 1.
+    let pairs = panels[0]
+        .chunks_exact(NR)
+        .zip(panels[NP - 1].chunks_exact(NR));
+    for (kk, (w0, w1)) in pairs.enumerate().take(k) {
+        let ws = [w0, w1];
+        let wv: [[S::f32s; NV]; NP] = core::array::from_fn(|q| {
+            let (v, _) = S::as_simd_f32s(ws[q]);
+            core::array::from_fn(|i| v[i])
+        });
         for r in 0..R {
             let a = simd.splat_f32s(rows[r][kk]);
-            for v in 0..NV {
-                acc[r][v] = simd.mul_add_e_f32s(a, wv[v], acc[r][v]);
+            for q in 0..NP {
+                for v in 0..NV {
+                    acc[r][q][v] = simd.mul_add_e_f32s(a, wv[q][v], acc[r][q][v]);
+                }
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let vals: &[f32] = pulp::bytemuck::cast_slice(&acc[..]);
-        let out = &mut y[r * ld + ycol..r * ld + ycol + NR];
-        for j in 0..NR {
-            out[j] = vals[j] + bias[j];
+        for (q, acc) in acc.iter().enumerate() {
+            let vals: &[f32] = pulp::bytemuck::cast_slice(&acc[..]);
+            let col = ycol + q * NR;
+            let out = &mut y[r * ld + col..r * ld + col + NR];
+            let b = &bias[q * NR..(q + 1) * NR];
+            for j in 0..NR {
+                out[j] = vals[j] + b[j];
+            }
         }
     }
 }
@@ -636,6 +683,20 @@ mod tests {
         assert!(worst_exp < 1e-6, "exp relative error {worst_exp}");
     }
 
+    /// The single-threaded matmul on one given instruction set.
+    fn matmul_on<S: Simd>(simd: S, x: &[f32], m: usize, w: &Packed) -> Vec<f32> {
+        let mut y = vec![0f32; m * w.n];
+        simd.vectorize(MatmulOp {
+            x,
+            m,
+            w,
+            p0: 0,
+            p1: w.panels(),
+            y: YOut::Rows(&mut y[..]),
+        });
+        y
+    }
+
     #[test]
     fn matmul_matches_naive_for_all_tile_shapes() {
         // Small shapes run inline; the last is split over threads.
@@ -647,6 +708,8 @@ mod tests {
             (40, 48, 13),
             (40, 48, 100),
             (384, 64, 200),
+            (384, 80, 200),
+            (384, 1152, 27),
         ] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
@@ -658,14 +721,30 @@ mod tests {
                 .collect();
             let mut y = vec![0f32; m * n];
             matmul(&x, m, &packed, &mut y);
-            for r in 0..m {
-                for c in 0..n {
-                    let want: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum::<f32>() + b[c];
-                    let got = y[r * n + c];
-                    assert!(
-                        (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                        "m={m} ({r},{c}): {got} vs {want}"
-                    );
+            let mut ys = vec![y];
+            // Every instruction set this machine has, each forced in turn
+            // (the dispatcher alone would only test the widest).
+            ys.push(matmul_on(pulp::Scalar::new(), &x, m, &packed));
+            #[cfg(target_arch = "x86_64")]
+            {
+                if let Some(simd) = pulp::x86::V3::try_new() {
+                    ys.push(matmul_on(simd, &x, m, &packed));
+                }
+                if let Some(simd) = pulp::x86::V4::try_new() {
+                    ys.push(matmul_on(simd, &x, m, &packed));
+                }
+            }
+            for y in ys {
+                for r in 0..m {
+                    for c in 0..n {
+                        let want: f32 =
+                            (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum::<f32>() + b[c];
+                        let got = y[r * n + c];
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "m={m} ({r},{c}): {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
