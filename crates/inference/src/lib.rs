@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod minilm;
 pub mod models;
 pub mod runtime;
+mod team;
 
 pub use error::InferenceError;
 pub use manifest::{Manifest, WorkloadKind};
