@@ -20,6 +20,7 @@
 //! and the embeddings are checked against an independent float64 reference
 //! (tests/embed.rs, cosine ≥ 0.999 and |Δ| < 1e-3).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pulp::{Arch, Simd, WithSimd};
@@ -324,36 +325,43 @@ fn matmul<'env>(
         }
         return;
     }
-    // Split output columns (panels) over the team; each job returns its
-    // own column block, copied into y afterwards. Even panel counts per
-    // job, so AVX-512 tiles (two panels) never straddle a boundary.
-    let per = w.panels().div_ceil(tasks).next_multiple_of(2);
-    let ranges: Vec<(usize, usize)> = (0..tasks)
-        .map(|t| ((t * per).min(w.panels()), ((t + 1) * per).min(w.panels())))
-        .filter(|(p0, p1)| p1 > p0)
-        .collect();
-    let jobs: Vec<Job<'env>> = ranges
-        .iter()
-        .map(|&(p0, p1)| {
-            let x = Arc::clone(x);
+    // Output columns (panels) are handed out to the team's threads in
+    // chunks from a shared counter, so a thread that starts late or runs
+    // slower simply takes fewer; each chunk is computed into its own block
+    // and copied into y afterwards. Chunks are whole AVX-512 panel pairs.
+    let panels = w.panels();
+    let chunk = (panels / (4 * tasks)).max(2).next_multiple_of(2);
+    let next = Arc::new(AtomicUsize::new(0));
+    let jobs: Vec<Job<'env>> = (0..tasks)
+        .map(|_| {
+            let (x, next) = (Arc::clone(x), Arc::clone(&next));
             Box::new(move || {
-                let mut out = vec![0f32; m * (p1 - p0) * NR];
-                Arch::new().dispatch(MatmulOp {
-                    x: &x,
-                    m,
-                    w,
-                    p0,
-                    p1,
-                    y: YOut::Block(&mut out),
-                });
-                if let Some(f) = epilogue {
-                    f(&mut out);
+                let mut parts = Vec::new();
+                loop {
+                    let p0 = next.fetch_add(chunk, Ordering::Relaxed);
+                    if p0 >= panels {
+                        break;
+                    }
+                    let p1 = (p0 + chunk).min(panels);
+                    let mut out = vec![0f32; m * (p1 - p0) * NR];
+                    Arch::new().dispatch(MatmulOp {
+                        x: &x,
+                        m,
+                        w,
+                        p0,
+                        p1,
+                        y: YOut::Block(&mut out),
+                    });
+                    if let Some(f) = epilogue {
+                        f(&mut out);
+                    }
+                    parts.push((p0, out));
                 }
-                out
+                parts
             }) as Job<'env>
         })
         .collect();
-    for (&(p0, _), out) in ranges.iter().zip(team.run(jobs)) {
+    for (p0, out) in team.run(jobs).into_iter().flatten() {
         let width = out.len() / m.max(1);
         if width == 0 {
             continue;
@@ -567,11 +575,12 @@ fn attention(
                         scale,
                     }));
                 }
-                out
+                vec![(0usize, out)]
             }) as Job<'_>
         })
         .collect();
-    for (&((s0, s1), (h0, h1)), out) in parts.iter().zip(team.run(jobs)) {
+    let outs = team.run(jobs).into_iter().flatten().map(|(_, out)| out);
+    for (&((s0, s1), (h0, h1)), out) in parts.iter().zip(outs) {
         // Rows of (h1 - h0)·d values, sequence after sequence.
         let width = (h1 - h0) * d;
         let rows = offsets[s0..s1].iter().flat_map(|&(o, len)| o..o + len);

@@ -18,9 +18,13 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+/// Output blocks of one job, each tagged with where it goes (a panel or
+/// part index the caller chose).
+pub(crate) type Parts = Vec<(usize, Vec<f32>)>;
+
 /// One unit of work: runs on a helper (or the calling thread) and returns
-/// its output block.
-pub(crate) type Job<'env> = Box<dyn FnOnce() -> Vec<f32> + Send + 'env>;
+/// its output blocks.
+pub(crate) type Job<'env> = Box<dyn FnOnce() -> Parts + Send + 'env>;
 
 const IDLE: u8 = 0;
 const POSTED: u8 = 1;
@@ -49,7 +53,7 @@ pub(crate) fn threads() -> usize {
 struct Slot<'env> {
     state: AtomicU8,
     job: Mutex<Option<Job<'env>>>,
-    out: Mutex<Option<Vec<f32>>>,
+    out: Mutex<Option<Parts>>,
 }
 
 /// The calling thread plus `helpers` spinning threads.
@@ -130,7 +134,7 @@ impl<'env> Team<'env> {
     /// Runs the jobs in parallel (job 0 on the calling thread, job i on
     /// helper i−1) and returns their outputs in order. At most
     /// [`Team::size`] jobs.
-    pub(crate) fn run(&self, mut jobs: Vec<Job<'env>>) -> Vec<Vec<f32>> {
+    pub(crate) fn run(&self, mut jobs: Vec<Job<'env>>) -> Vec<Parts> {
         assert!(
             !jobs.is_empty() && jobs.len() <= self.size(),
             "{} jobs for a team of {}",
@@ -193,17 +197,20 @@ mod tests {
                 let jobs: Vec<Job<'_>> = (0..team.size())
                     .map(|t| {
                         let d = data.clone();
-                        Box::new(move || vec![d[t * 10 + round % 10]]) as Job<'_>
+                        Box::new(move || vec![(t, vec![d[t * 10 + round % 10]])]) as Job<'_>
                     })
                     .collect();
                 let outs = team.run(jobs);
                 for (t, o) in outs.iter().enumerate() {
-                    assert_eq!(o, &vec![(t * 10 + round % 10) as f32]);
+                    assert_eq!(o, &vec![(t, vec![(t * 10 + round % 10) as f32])]);
                 }
             }
             // Fewer jobs than threads.
-            let outs = team.run(vec![Box::new(|| vec![1.0]), Box::new(|| vec![2.0])]);
-            assert_eq!(outs, vec![vec![1.0], vec![2.0]]);
+            let outs = team.run(vec![
+                Box::new(|| vec![(0, vec![1.0])]),
+                Box::new(|| vec![(1, vec![2.0])]),
+            ]);
+            assert_eq!(outs, vec![vec![(0, vec![1.0])], vec![(1, vec![2.0])]]);
         });
         // Every job's Arc was dropped.
         assert_eq!(Arc::strong_count(&data), 1);
@@ -215,20 +222,20 @@ mod tests {
         let w = &weights;
         let outs = Team::with(1, |team| {
             team.run(vec![
-                Box::new(move || w[..4].to_vec()),
-                Box::new(move || w[4..].iter().map(|v| v * 2.0).collect()),
+                Box::new(move || vec![(0, w[..4].to_vec())]),
+                Box::new(move || vec![(4, w[4..].iter().map(|v| v * 2.0).collect())]),
             ])
         });
-        assert_eq!(outs, vec![vec![2.0; 4], vec![4.0; 4]]);
+        assert_eq!(outs, vec![vec![(0, vec![2.0; 4])], vec![(4, vec![4.0; 4])]]);
     }
 
     #[test]
     fn a_team_without_helpers_runs_inline() {
         let outs = Team::with(0, |team| {
             assert_eq!(team.size(), 1);
-            team.run(vec![Box::new(|| vec![7.0])])
+            team.run(vec![Box::new(|| vec![(0, vec![7.0])])])
         });
-        assert_eq!(outs, vec![vec![7.0]]);
+        assert_eq!(outs, vec![vec![(0, vec![7.0])]]);
     }
 
     #[test]
@@ -236,7 +243,7 @@ mod tests {
         let r = std::panic::catch_unwind(|| {
             Team::with(1, |team| {
                 team.run(vec![
-                    Box::new(|| vec![1.0]),
+                    Box::new(|| vec![(0, vec![1.0])]),
                     Box::new(|| panic!("job failed")),
                 ])
             })
