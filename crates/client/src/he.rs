@@ -311,38 +311,7 @@ impl Session {
     /// The response bytes of a finished HE job (errors for failed or
     /// cancelled jobs).
     pub fn he_response(&self, job: &Job, key_id: &str) -> Result<Vec<u8>, ClientError> {
-        match job.state.as_str() {
-            "succeeded" => {}
-            "cancelled" => {
-                return Err(ClientError::JobCancelled {
-                    job_id: job.id.clone(),
-                })
-            }
-            "failed" => {
-                let (code, message) = job
-                    .error
-                    .as_ref()
-                    .map(|e| (e.code.clone(), e.message.clone()))
-                    .unwrap_or_else(|| ("failed".into(), "no reason given".into()));
-                return Err(ClientError::JobFailed {
-                    job_id: job.id.clone(),
-                    code,
-                    message,
-                });
-            }
-            other => {
-                return Err(ClientError::Timeout {
-                    job_id: job.id.clone(),
-                    state: other.to_string(),
-                    secs: 0,
-                })
-            }
-        }
-        let out = job.output.as_ref().ok_or_else(|| ClientError::Protocol {
-            what: format!("job {}", job.id),
-            detail: "succeeded without an output".into(),
-        })?;
-        response_bytes(out, key_id)
+        response_bytes(crate::session::finished_output(job)?, key_id)
     }
 
     /// `he-classify` end to end: embed `text` here, encrypt under the HE

@@ -175,26 +175,7 @@ impl Keystore {
             path: path.display().to_string(),
             reason,
         };
-        let io = |source| KeystoreError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        crate::keystore::check_private_mode(path, &meta)?;
-        if meta.len() > MAX_HE_KEY_FILE_BYTES {
-            return Err(corrupt(format!(
-                "{} bytes, more than {MAX_HE_KEY_FILE_BYTES}",
-                meta.len()
-            )));
-        }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
-        let file: HeKeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-            corrupt(format!(
-                "invalid JSON at line {} column {}",
-                e.line(),
-                e.column()
-            ))
-        })?;
+        let file: HeKeyFile = crate::keystore::read_private_json(path, MAX_HE_KEY_FILE_BYTES)?;
         if file.version != 1 || file.kind != HE_KIND {
             return Err(corrupt(format!(
                 "version {} kind {:?} is not supported (version 1, {HE_KIND})",

@@ -260,26 +260,7 @@ impl Keystore {
             path: path.display().to_string(),
             reason,
         };
-        let io = |source| KeystoreError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        check_private_mode(path, &meta)?;
-        if meta.len() > MAX_KEY_FILE_BYTES {
-            return Err(corrupt(format!(
-                "{} bytes, more than {MAX_KEY_FILE_BYTES}",
-                meta.len()
-            )));
-        }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
-        let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-            corrupt(format!(
-                "invalid JSON at line {} column {}",
-                e.line(),
-                e.column()
-            ))
-        })?;
+        let file: KeyFile = read_private_json(path, MAX_KEY_FILE_BYTES)?;
         if file.version != 1 || file.kind != "x25519" {
             return Err(corrupt(format!(
                 "version {} kind {:?} is not supported (version 1, x25519)",
@@ -543,6 +524,36 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Reads and parses a private key file: mode 0600 (checked before
+/// reading), at most `max` bytes, JSON of type `T`. The bytes read are
+/// zeroized.
+pub(crate) fn read_private_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    max: u64,
+) -> Result<T, KeystoreError> {
+    let corrupt = |reason: String| KeystoreError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    let io = |source| KeystoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    check_private_mode(path, &meta)?;
+    if meta.len() > max {
+        return Err(corrupt(format!("{} bytes, more than {max}", meta.len())));
+    }
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
+    serde_json::from_slice(&bytes).map_err(|e| {
+        corrupt(format!(
+            "invalid JSON at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 #[cfg(unix)]

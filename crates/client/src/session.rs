@@ -737,47 +737,23 @@ impl Session {
         record: &RequestRecord,
         key: &SecretKey,
     ) -> Result<ConfidentialOutput, ClientError> {
-        match job.state.as_str() {
-            "succeeded" => {}
-            "cancelled" => {
-                return Err(ClientError::JobCancelled {
-                    job_id: job.id.clone(),
-                })
+        if job.state == "failed" {
+            if job
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == "no_enclave_available")
+            {
+                // The enclaves chosen are gone: verify afresh next time.
+                self.forget_recipients();
             }
-            "failed" => {
-                let (code, message) = job
-                    .error
-                    .as_ref()
-                    .map(|e| (e.code.clone(), e.message.clone()))
-                    .unwrap_or_else(|| ("failed".into(), "no reason given".into()));
-                if code == "no_enclave_available" {
-                    // The enclaves chosen are gone: verify afresh next time.
-                    self.forget_recipients();
+            // An enclave error report travels sealed in the output.
+            if let Some(out) = &job.output {
+                if let Ok(p) = serde_json::from_value::<EncryptedPayload>(out.clone()) {
+                    open_payload(&p, record, key, &job.id)?;
                 }
-                // An enclave error report travels sealed in the output.
-                if let Some(out) = &job.output {
-                    if let Ok(p) = serde_json::from_value::<EncryptedPayload>(out.clone()) {
-                        open_payload(&p, record, key, &job.id)?;
-                    }
-                }
-                return Err(ClientError::JobFailed {
-                    job_id: job.id.clone(),
-                    code,
-                    message,
-                });
-            }
-            other => {
-                return Err(ClientError::Timeout {
-                    job_id: job.id.clone(),
-                    state: other.to_string(),
-                    secs: 0,
-                })
             }
         }
-        let out = job.output.as_ref().ok_or_else(|| ClientError::Protocol {
-            what: format!("job {}", job.id),
-            detail: "succeeded without an output".into(),
-        })?;
+        let out = finished_output(job)?;
         let payload: EncryptedPayload =
             serde_json::from_value(out.clone()).map_err(|_| ClientError::Protocol {
                 what: format!("job {}", job.id),
@@ -866,6 +842,37 @@ fn recipient_key(record: &RequestRecord, enclave_key_id: &KeyId) -> Result<Publi
         what: "request record".into(),
         detail: "recipient public key is not base64".into(),
     })
+}
+
+/// A terminal job's output, or the error its state means: cancelled,
+/// failed (with the job's error code and message), or not finished.
+pub(crate) fn finished_output(job: &Job) -> Result<&serde_json::Value, ClientError> {
+    match job.state.as_str() {
+        "succeeded" => job.output.as_ref().ok_or_else(|| ClientError::Protocol {
+            what: format!("job {}", job.id),
+            detail: "succeeded without an output".into(),
+        }),
+        "cancelled" => Err(ClientError::JobCancelled {
+            job_id: job.id.clone(),
+        }),
+        "failed" => {
+            let (code, message) = job
+                .error
+                .as_ref()
+                .map(|e| (e.code.clone(), e.message.clone()))
+                .unwrap_or_else(|| ("failed".into(), "no reason given".into()));
+            Err(ClientError::JobFailed {
+                job_id: job.id.clone(),
+                code,
+                message,
+            })
+        }
+        other => Err(ClientError::Timeout {
+            job_id: job.id.clone(),
+            state: other.to_string(),
+            secs: 0,
+        }),
+    }
 }
 
 #[cfg(test)]
