@@ -120,6 +120,9 @@ struct Samples {
     conf: Vec<f64>,
     seal: Vec<f64>,
     open: Vec<f64>,
+    /// The island's measured execution time (ms), plain and confidential.
+    exec_plain: Vec<f64>,
+    exec_conf: Vec<f64>,
     input_len: usize,
     output_len: usize,
 }
@@ -264,7 +267,7 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
         if job.state != "succeeded" {
             bail!("plain job {} ended {}: {:?}", job.id, job.state, job.error);
         }
-        Ok::<_, anyhow::Error>(t0.elapsed())
+        Ok::<_, anyhow::Error>((t0.elapsed(), job.execution_ms.unwrap_or(0) as f64))
     };
     let conf = |w: i64, input: Vec<u8>| {
         let key = &key;
@@ -281,7 +284,8 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
             let t1 = Instant::now();
             let out = session.open_job(&job, &record, key)?;
             let open_t = t1.elapsed();
-            Ok::<_, anyhow::Error>((t0.elapsed(), seal_t, open_t, out.data().len()))
+            let exec = job.execution_ms.unwrap_or(0) as f64;
+            Ok::<_, anyhow::Error>((t0.elapsed(), seal_t, open_t, out.data().len(), exec))
         }
     };
 
@@ -306,20 +310,28 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
         // Rotate the order so neither mode always runs first.
         for step in 0..4 {
             match (step + round) % 4 {
-                0 => classify
-                    .plain
-                    .push(ms(plain(CLASSIFY, classify_in.clone()).await?)),
+                0 => {
+                    let (t, e) = plain(CLASSIFY, classify_in.clone()).await?;
+                    classify.plain.push(ms(t));
+                    classify.exec_plain.push(e);
+                }
                 1 => {
-                    let (t, s, o, n) = conf(CLASSIFY, classify_bytes.clone()).await?;
+                    let (t, s, o, n, e) = conf(CLASSIFY, classify_bytes.clone()).await?;
                     classify.conf.push(ms(t));
+                    classify.exec_conf.push(e);
                     classify.seal.push(ms(s));
                     classify.open.push(ms(o));
                     classify.output_len = n;
                 }
-                2 => chat.plain.push(ms(plain(CHAT, chat_in.clone()).await?)),
+                2 => {
+                    let (t, e) = plain(CHAT, chat_in.clone()).await?;
+                    chat.plain.push(ms(t));
+                    chat.exec_plain.push(e);
+                }
                 _ => {
-                    let (t, s, o, n) = conf(CHAT, chat_bytes.clone()).await?;
+                    let (t, s, o, n, e) = conf(CHAT, chat_bytes.clone()).await?;
                     chat.conf.push(ms(t));
+                    chat.exec_conf.push(e);
                     chat.seal.push(ms(s));
                     chat.open.push(ms(o));
                     chat.output_len = n;
@@ -344,6 +356,16 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
             "| {name} | {p:.1} ms | {c:.1} ms | {:.3} | {seal:.2} ms | {open:.2} ms | {enclave_ms:.2} ms | {:.1} % |",
             c / p,
             100.0 * (seal + open + enclave_ms) / p
+        );
+    }
+    println!(
+        "\n| job | island execution_ms, plain | confidential (enclave round trip) |\n|---|---|---|"
+    );
+    for (name, s) in [("classify", &mut classify), ("chat", &mut chat)] {
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms |",
+            median(&mut s.exec_plain),
+            median(&mut s.exec_conf)
         );
     }
     println!("\n{rounds} rounds, each mode once per round, order rotated; medians.");
