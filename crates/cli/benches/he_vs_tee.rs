@@ -272,7 +272,7 @@ fn main() -> anyhow::Result<()> {
         };
         // Island-side evaluation alone, in-process.
         let x = archipelago_client::he::embed_text(&embedder, text)?;
-        let req = archipelago_he::encrypt_features(&sk, &x)?;
+        let req = archipelago_he::encrypt_features(&*sk, &x)?;
         let t = Instant::now();
         let _ = ev.evaluate(CLASSIFY_WORKLOAD_ID, &pm, &req)?;
         let eval_us = t.elapsed().as_secs_f64() * 1e6;

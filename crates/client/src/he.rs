@@ -57,9 +57,30 @@ pub fn local_embedder() -> Result<Arc<Embedder>, ClientError> {
 }
 
 /// The classify head (labels and weights) this build shares with the
-/// islands: the committed `classify_head.json`.
+/// islands: the committed `classify_head.json` (parsed once).
 pub fn classify_head() -> Result<LinearHead, ClientError> {
-    LinearHead::builtin().map_err(|e| ClientError::He(e.to_string()))
+    static HEAD: std::sync::OnceLock<LinearHead> = std::sync::OnceLock::new();
+    if let Some(h) = HEAD.get() {
+        return Ok(h.clone());
+    }
+    let h = LinearHead::builtin().map_err(|e| ClientError::He(e.to_string()))?;
+    Ok(HEAD.get_or_init(|| h).clone())
+}
+
+/// HE secret keys a session keeps loaded at most.
+const MAX_CACHED_HE_KEYS: usize = 8;
+
+/// An HE secret key a session loaded, with the stamp (length, modification
+/// time) of its key file then. Dropping the last reference zeroizes it.
+pub(crate) struct CachedHeKey {
+    key_id: String,
+    stamp: (u64, std::time::SystemTime),
+    key: Arc<HeSecretKey>,
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 /// The embedding of one text (blocking; the user's plaintext, zeroized on
@@ -278,9 +299,35 @@ impl Session {
         self.api().register_key(&req).await.map(drop)
     }
 
-    /// Loads an HE secret key.
-    pub fn load_he_key(&self, key_id: &str) -> Result<HeSecretKey, ClientError> {
-        self.with_key_passphrase(key_id, |p| self.keystore().load_he(key_id, p))
+    /// Loads an HE secret key (once per session while its file is
+    /// unchanged: see [`CachedHeKey`]).
+    pub fn load_he_key(&self, key_id: &str) -> Result<Arc<HeSecretKey>, ClientError> {
+        let stored = self.keystore().get_he(key_id)?;
+        let stamp = file_stamp(&stored.path);
+        if let Some(stamp) = &stamp {
+            if let Ok(cache) = self.he_secrets.lock() {
+                if let Some(c) = cache
+                    .iter()
+                    .find(|c| c.key_id == key_id && &c.stamp == stamp)
+                {
+                    return Ok(c.key.clone());
+                }
+            }
+        }
+        let key =
+            Arc::new(self.with_key_passphrase(key_id, |p| self.keystore().load_he(key_id, p))?);
+        if let (Some(stamp), Ok(mut cache)) = (stamp, self.he_secrets.lock()) {
+            cache.retain(|c| c.key_id != key_id);
+            if cache.len() >= MAX_CACHED_HE_KEYS {
+                cache.remove(0);
+            }
+            cache.push(CachedHeKey {
+                key_id: key_id.to_string(),
+                stamp,
+                key: key.clone(),
+            });
+        }
+        Ok(key)
     }
 
     /// Submits an HE request (`ARHE` bytes) for `workload_id`.
@@ -325,7 +372,7 @@ impl Session {
         timeout: Duration,
     ) -> Result<(Job, HeClassification), ClientError> {
         let stored = self.ensure_he_key(key_id).await?;
-        let sk = Arc::new(self.load_he_key(&stored.key_id)?);
+        let sk = self.load_he_key(&stored.key_id)?;
         self.register_he_once(&stored).await?;
         let head = classify_head()?;
         let text = Zeroizing::new(text.to_string());
@@ -360,7 +407,7 @@ impl Session {
         let stored = self.ensure_he_key(key_id).await?;
         let sk = self.load_he_key(&stored.key_id)?;
         self.register_he_once(&stored).await?;
-        let request = archipelago_he::encrypt_records(&sk, schema, records)
+        let request = archipelago_he::encrypt_records(&*sk, schema, records)
             .map_err(|e| ClientError::He(e.to_string()))?;
         let job = self
             .submit_he(workload_id, &stored.key_id, &request)

@@ -85,7 +85,7 @@ pub async fn encrypt(
         let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ClientError> {
             let e = local_embedder()?;
             let x = embed_text(&e, &text)?;
-            archipelago_he::encrypt_features(&sk, &x).map_err(|e| ClientError::He(e.to_string()))
+            archipelago_he::encrypt_features(&*sk, &x).map_err(|e| ClientError::He(e.to_string()))
         })
         .await
         .map_err(|_| ClientError::He("the encryption task stopped".into()))??;
@@ -95,7 +95,7 @@ pub async fn encrypt(
             serde_json::from_value(f.clone())
                 .map_err(|_| unprocessable("invalid_input", "input.features must be numbers"))?,
         );
-        let bytes = archipelago_he::encrypt_features(&sk, &x)
+        let bytes = archipelago_he::encrypt_features(&*sk, &x)
             .map_err(|e| ClientError::He(e.to_string()))?;
         (bytes, CLASSIFY_WORKLOAD_ID, "he-classify")
     } else if let (Some(schema), Some(records)) = (obj.get("schema"), obj.get("records")) {
@@ -104,7 +104,7 @@ pub async fn encrypt(
         let records: Vec<Vec<f64>> = serde_json::from_value(records.clone()).map_err(|_| {
             unprocessable("invalid_input", "input.records must be arrays of numbers")
         })?;
-        let bytes = archipelago_he::encrypt_records(&sk, &schema, &records)
+        let bytes = archipelago_he::encrypt_records(&*sk, &schema, &records)
             .map_err(|e| ClientError::He(e.to_string()))?;
         (bytes, AGGREGATE_WORKLOAD_ID, "he-aggregate")
     } else {
