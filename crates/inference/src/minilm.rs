@@ -51,11 +51,14 @@ pub struct MiniLmConfig {
 
 /// A `Linear` weight W (n × k, PyTorch layout) packed for Y = X·Wᵀ + b:
 /// panel p holds output columns p·NR .. p·NR+NR as k rows of NR floats.
+/// The data is shared (`Arc`), so a clone is cheap and can travel with a
+/// job to a helper thread.
+#[derive(Clone)]
 struct Packed {
     k: usize,
     n: usize,
-    data: Vec<f32>,
-    bias: Vec<f32>,
+    data: Arc<[f32]>,
+    bias: Arc<[f32]>,
 }
 
 impl Packed {
@@ -73,7 +76,12 @@ impl Packed {
                 }
             }
         }
-        Ok(Self { k, n, data, bias })
+        Ok(Self {
+            k,
+            n,
+            data: data.into(),
+            bias: bias.into(),
+        })
     }
 
     fn panels(&self) -> usize {
@@ -243,7 +251,7 @@ impl MiniLm {
         let heads = self.cfg.num_attention_heads;
         let inter_n = self.cfg.intermediate_size;
         let mut x = Arc::new(x);
-        Team::with(threads - 1, |team| {
+        let mut forward = |team: &Team<'_>| {
             let mut qkv = Arc::new(vec![0f32; total * 3 * h]);
             let mut ctx = Arc::new(vec![0f32; total * h]);
             let mut tmp = vec![0f32; total * h];
@@ -264,7 +272,13 @@ impl MiniLm {
                 matmul(team, &inter, total, &layer.out, &mut tmp, None);
                 layer_norm_rows(mut_buf(&mut x), Some(&tmp), h, &layer.ln2, self.eps);
             }
-        });
+        };
+        // The process-wide team when the pass is worth splitting and no
+        // other pass holds it; alone otherwise.
+        match (threads > 1).then(team::shared).flatten() {
+            Some(team) => forward(&team),
+            None => Team::with(0, |team| forward(team)),
+        }
 
         offsets
             .iter()
@@ -300,11 +314,11 @@ fn mut_buf(a: &mut Arc<Vec<f32>>) -> &mut Vec<f32> {
 
 /// y (m × n) = x (m × k) · Wᵀ + b, then `epilogue` on y's elements (applied
 /// by each thread to its own block).
-fn matmul<'env>(
-    team: &Team<'env>,
+fn matmul(
+    team: &Team<'_>,
     x: &Arc<Vec<f32>>,
     m: usize,
-    w: &'env Packed,
+    w: &Packed,
     y: &mut [f32],
     epilogue: Option<fn(&mut [f32])>,
 ) {
@@ -332,9 +346,9 @@ fn matmul<'env>(
     let panels = w.panels();
     let chunk = (panels / (4 * tasks)).max(2).next_multiple_of(2);
     let next = Arc::new(AtomicUsize::new(0));
-    let jobs: Vec<Job<'env>> = (0..tasks)
+    let jobs: Vec<Job<'_>> = (0..tasks)
         .map(|_| {
-            let (x, next) = (Arc::clone(x), Arc::clone(&next));
+            let (x, next, w) = (Arc::clone(x), Arc::clone(&next), w.clone());
             Box::new(move || {
                 let mut parts = Vec::new();
                 loop {
@@ -347,7 +361,7 @@ fn matmul<'env>(
                     Arch::new().dispatch(MatmulOp {
                         x: &x,
                         m,
-                        w,
+                        w: &w,
                         p0,
                         p1,
                         y: YOut::Block(&mut out),
@@ -358,7 +372,7 @@ fn matmul<'env>(
                     parts.push((p0, out));
                 }
                 parts
-            }) as Job<'env>
+            }) as Job<'_>
         })
         .collect();
     for (p0, out) in team.run(jobs).into_iter().flatten() {
