@@ -6,14 +6,16 @@
 //! workers sleep (rayon's do, after a few yields) must wake one for every
 //! matmul, and on a virtual machine waking an idle vCPU takes about as long
 //! as the matmul itself: measured here, two rayon threads embedded single
-//! sentences only 1.05× faster than one. A team instead lives for one
-//! forward pass (scoped threads, so jobs may borrow the model's weights),
-//! and its helpers spin on an atomic between jobs, so a job starts within
-//! a fraction of a microsecond. Spinning is bounded by the pass; helpers
-//! yield the CPU every few hundred spins in case the machine is shared.
+//! sentences only 1.05× faster than one. A team's helpers instead spin on
+//! an atomic between jobs, so a job starts within a fraction of a
+//! microsecond. The forward pass uses one process-wide team ([`shared`]),
+//! whose helpers keep spinning while passes come back to back and park
+//! after 2 ms without work; they yield the CPU every few hundred spins in
+//! case the machine is shared. [`Team::with`] makes a scoped team whose
+//! jobs may borrow (tests).
 //!
-//! Jobs exchange data by value (`Arc` buffers in, an owned block out), so
-//! all of this is safe Rust.
+//! Jobs exchange data by value (`Arc` buffers and weights in, owned blocks
+//! out), so all of this is safe Rust.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
