@@ -143,6 +143,22 @@ pub fn migrator() -> Migrator {
     }
 }
 
+/// A schema name that is safe to splice into SQL, or a clear error.
+fn check_schema_name(s: &str) -> Result<()> {
+    if valid_schema_name(s) {
+        Ok(())
+    } else {
+        Err(StoreError::BadUrl(format!(
+            "schema name must be [a-z_][a-z0-9_]*, got {s:?}"
+        )))
+    }
+}
+
+fn connect_options(url: &str) -> Result<AnyConnectOptions> {
+    url.parse()
+        .map_err(|e: sqlx::Error| StoreError::BadUrl(format!("cannot parse database url: {e}")))
+}
+
 fn valid_schema_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -178,15 +194,9 @@ impl Store {
             ));
         };
         if let Some(s) = &cfg.schema {
-            if !valid_schema_name(s) {
-                return Err(StoreError::BadUrl(format!(
-                    "schema name must be [a-z_][a-z0-9_]*, got {s:?}"
-                )));
-            }
+            check_schema_name(s)?;
         }
-        let opts: AnyConnectOptions = cfg.url.parse().map_err(|e: sqlx::Error| {
-            StoreError::BadUrl(format!("cannot parse database url: {e}"))
-        })?;
+        let opts = connect_options(&cfg.url)?;
         let pool = match kind {
             DbKind::Sqlite => {
                 AnyPoolOptions::new()
@@ -259,15 +269,9 @@ impl Store {
     /// connection to `url`, without touching or migrating any other schema.
     /// For test and benchmark isolation schemas.
     pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
-        if !valid_schema_name(schema) {
-            return Err(StoreError::BadUrl(format!(
-                "schema name must be [a-z_][a-z0-9_]*, got {schema:?}"
-            )));
-        }
+        check_schema_name(schema)?;
         sqlx::any::install_default_drivers();
-        let opts: AnyConnectOptions = url.parse().map_err(|e: sqlx::Error| {
-            StoreError::BadUrl(format!("cannot parse database url: {e}"))
-        })?;
+        let opts = connect_options(url)?;
         let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts).await?;
         c.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
             .await?;
