@@ -119,7 +119,9 @@ pub(crate) fn shared() -> Option<MutexGuard<'static, Team<'static>>> {
 }
 
 /// Marks a helper's slot dead if its job panics, so the caller stops
-/// waiting (the scope then re-raises the panic).
+/// waiting and panics itself (a scoped team's scope also re-raises the
+/// helper's panic; the shared team's mutex is then poisoned, and later
+/// passes run alone).
 struct DeadOnPanic<'a>(&'a AtomicU8);
 
 impl Drop for DeadOnPanic<'_> {
