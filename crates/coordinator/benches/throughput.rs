@@ -222,7 +222,8 @@ async fn island_worker(
 struct Cpu {
     /// Coordinator runtime threads (HTTP, JSON, handlers).
     server: f64,
-    /// SQLite connection worker threads (statement execution).
+    /// SQLite: sqlx's connection worker thread and the store's writer and
+    /// checkpoint threads (statement execution).
     db: f64,
     /// The bench's own client runtime (submitters, fake islands).
     client: f64,
@@ -250,7 +251,7 @@ impl Cpu {
             let secs = (ticks(11) + ticks(12)) / 100.0;
             if comm.starts_with("coord-srv") {
                 c.server += secs;
-            } else if comm.starts_with("sqlx-sqlite") {
+            } else if comm.starts_with("sqlx-sqlite") || comm.starts_with("store-") {
                 c.db += secs;
             } else if comm.starts_with("bench-cli") {
                 c.client += secs;
@@ -348,7 +349,7 @@ async fn run(
     );
     let us = |secs: f64| secs * 1e6 / jobs as f64;
     println!(
-        "{name}: CPU per job: coordinator {:.0} µs (HTTP/handlers {:.0} + SQLite workers {:.0}), bench clients {:.0} µs; whole process {:.0} µs",
+        "{name}: CPU per job: coordinator {:.0} µs (HTTP/handlers {:.0} + SQLite threads {:.0}), bench clients {:.0} µs; whole process {:.0} µs",
         us(cpu.server + cpu.db),
         us(cpu.server),
         us(cpu.db),

@@ -7,12 +7,12 @@
 //! job's row in `settlements`, whose primary key makes a second settlement
 //! impossible even if two replicas race.
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use std::sync::Arc;
 
 use super::ledger::{hold, post, Book, Entry};
+use super::sql::{Columns, Sql, Val};
 use super::writer::Txn;
 use super::{Result, Store, StoreError};
 use crate::util::{now_ms, random_id};
@@ -100,33 +100,34 @@ const JOB_COLS: &str = "id, account_id, workload_id, mode, state, runtime, memor
     price_per_second, encryption_key_id, input, output, error_code, error_message, island_id, lease_id, \
     lease_expires_at, leased_at, attempts, hold_amount, cost, execution_ms, deadline_at, created_at, updated_at";
 
-fn job_from(r: &AnyRow) -> Result<JobRow> {
+/// Decodes a row of [`JOB_COLS`] (from either driver).
+pub(crate) fn job_from<R: Columns + ?Sized>(r: &R) -> Result<JobRow> {
     Ok(JobRow {
-        id: r.try_get("id")?,
-        account_id: r.try_get("account_id")?,
-        workload_id: r.try_get("workload_id")?,
-        mode: r.try_get("mode")?,
-        state: r.try_get("state")?,
-        runtime: r.try_get("runtime")?,
-        memory_mb: r.try_get("memory_mb")?,
-        max_seconds: r.try_get("max_seconds")?,
-        price_per_second: r.try_get("price_per_second")?,
-        encryption_key_id: r.try_get("encryption_key_id")?,
-        input: r.try_get("input")?,
-        output: r.try_get("output")?,
-        error_code: r.try_get("error_code")?,
-        error_message: r.try_get("error_message")?,
-        island_id: r.try_get("island_id")?,
-        lease_id: r.try_get("lease_id")?,
-        lease_expires_at: r.try_get("lease_expires_at")?,
-        leased_at: r.try_get("leased_at")?,
-        attempts: r.try_get("attempts")?,
-        hold_amount: r.try_get("hold_amount")?,
-        cost: r.try_get("cost")?,
-        execution_ms: r.try_get("execution_ms")?,
-        deadline_at: r.try_get("deadline_at")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
+        id: r.text("id")?,
+        account_id: r.text("account_id")?,
+        workload_id: r.int("workload_id")?,
+        mode: r.text("mode")?,
+        state: r.text("state")?,
+        runtime: r.text("runtime")?,
+        memory_mb: r.int("memory_mb")?,
+        max_seconds: r.int("max_seconds")?,
+        price_per_second: r.int("price_per_second")?,
+        encryption_key_id: r.opt_text("encryption_key_id")?,
+        input: r.text("input")?,
+        output: r.opt_text("output")?,
+        error_code: r.opt_text("error_code")?,
+        error_message: r.opt_text("error_message")?,
+        island_id: r.opt_text("island_id")?,
+        lease_id: r.opt_text("lease_id")?,
+        lease_expires_at: r.opt_int("lease_expires_at")?,
+        leased_at: r.opt_int("leased_at")?,
+        attempts: r.int("attempts")?,
+        hold_amount: r.int("hold_amount")?,
+        cost: r.opt_int("cost")?,
+        execution_ms: r.opt_int("execution_ms")?,
+        deadline_at: r.int("deadline_at")?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
         recipients: Vec::new(),
     })
 }
@@ -277,46 +278,49 @@ impl Store {
     /// The submission's writes: idempotency key, job, hold, recipients.
     async fn submit_tx(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Sql,
         j: &NewJob,
         id: &str,
         now: i64,
     ) -> Result<Txn<Submitted>> {
         if let Some((key, hash)) = &j.idempotency {
-            let res = sqlx::query(
-                "INSERT INTO idempotency_keys (account_id, idem_key, request_hash, job_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(&j.account_id)
-            .bind(key)
-            .bind(hash)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            if res.rows_affected() == 0 {
+            let inserted = conn
+                .exec(
+                    "INSERT INTO idempotency_keys (account_id, idem_key, request_hash, job_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        Val::T(&j.account_id),
+                        Val::T(key),
+                        Val::T(hash),
+                        Val::T(id),
+                        Val::I(now),
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
                 return Ok(Txn::Rollback(Submitted::KeyTaken));
             }
         }
-        sqlx::query(
+        conn.exec(
             "INSERT INTO jobs (id, account_id, workload_id, mode, state, runtime, memory_mb, max_seconds, price_per_second, \
              encryption_key_id, input, attempts, hold_amount, deadline_at, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, 0, $11, $12, $13, $13)",
+            &[
+                Val::T(id),
+                Val::T(&j.account_id),
+                Val::I(j.workload_id),
+                Val::T(j.mode),
+                Val::T(&j.runtime),
+                Val::I(j.memory_mb),
+                Val::I(j.max_seconds),
+                Val::I(j.price_per_second),
+                j.encryption_key_id.as_deref().into(),
+                Val::T(&j.input),
+                Val::I(j.hold),
+                Val::I(j.deadline_at),
+                Val::I(now),
+            ],
         )
-        .bind(id)
-        .bind(&j.account_id)
-        .bind(j.workload_id)
-        .bind(j.mode)
-        .bind(&j.runtime)
-        .bind(j.memory_mb)
-        .bind(j.max_seconds)
-        .bind(j.price_per_second)
-        .bind(j.encryption_key_id.clone())
-        .bind(&j.input)
-        .bind(j.hold)
-        .bind(j.deadline_at)
-        .bind(now)
-        .execute(&mut *conn)
         .await?;
         if !hold(&mut *conn, &j.account_id, id, j.hold, now).await? {
             return Ok(Txn::Rollback(Submitted::Short));
@@ -324,18 +328,16 @@ impl Store {
         if !j.recipients.is_empty() {
             let mut sql =
                 String::from("INSERT INTO job_recipients (job_id, key_id, excluded) VALUES ");
-            for i in 0..j.recipients.len() {
+            let mut args = vec![Val::T(id)];
+            for (i, r) in j.recipients.iter().enumerate() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
                 sql.push_str(&format!("($1, ${}, 0)", i + 2));
+                args.push(Val::T(r));
             }
             sql.push_str(" ON CONFLICT DO NOTHING");
-            let mut q = sqlx::query(&sql).bind(id);
-            for r in &j.recipients {
-                q = q.bind(r);
-            }
-            q.execute(&mut *conn).await?;
+            conn.exec(&sql, &args).await?;
         }
         self.notify_in(conn, "q", id).await?;
         Ok(Txn::Commit(Submitted::Created))
@@ -567,7 +569,7 @@ impl Store {
         seq: i64,
         data: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let ok = sqlx::query(
             "SELECT id FROM jobs WHERE id = $1 AND island_id = $2 AND lease_id = $3 AND state IN ('assigned', 'running')",
         )
@@ -712,28 +714,32 @@ impl Store {
     /// The settlement's writes: the job's final state (guarded by its
     /// lease), the settlement row, the ledger transaction, the island's
     /// counters. Rolled back (false) when the guard does not hold.
-    async fn settle_tx(&self, conn: &mut AnyConnection, s: &Settle) -> Result<Txn<bool>> {
+    async fn settle_tx(&self, conn: &mut dyn Sql, s: &Settle) -> Result<Txn<bool>> {
         let new_state = if s.succeeded { "succeeded" } else { "failed" };
-        let res = sqlx::query(
-            "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
-             lease_expires_at = NULL, updated_at = $7 \
-             WHERE id = $8 AND island_id = $9 AND lease_id = $10 AND state IN ('assigned', 'running')",
-        )
-        .bind(new_state)
-        .bind(s.output.clone())
-        .bind(s.error.as_ref().map(|e| e.0.clone()))
-        .bind(s.error.as_ref().map(|e| e.1.clone()))
-        .bind(s.cost)
-        .bind(s.exec_ms)
-        .bind(s.now)
-        .bind(&s.job_id)
-        .bind(&s.island_id)
-        .bind(&s.lease_id)
-        .execute(&mut *conn)
-        .await?;
-        if res.rows_affected() != 1
-            || !insert_settlement(conn, &s.job_id, new_state, s.cost, s.now).await?
-        {
+        let (code, message) = match &s.error {
+            Some((c, m)) => (Val::T(c), Val::T(m)),
+            None => (Val::Null, Val::Null),
+        };
+        let changed = conn
+            .exec(
+                "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
+                 lease_expires_at = NULL, updated_at = $7 \
+                 WHERE id = $8 AND island_id = $9 AND lease_id = $10 AND state IN ('assigned', 'running')",
+                &[
+                    Val::T(new_state),
+                    s.output.as_deref().into(),
+                    code,
+                    message,
+                    Val::I(s.cost),
+                    Val::I(s.exec_ms),
+                    Val::I(s.now),
+                    Val::T(&s.job_id),
+                    Val::T(&s.island_id),
+                    Val::T(&s.lease_id),
+                ],
+            )
+            .await?;
+        if changed != 1 || !insert_settlement(conn, &s.job_id, new_state, s.cost, s.now).await? {
             return Ok(Txn::Rollback(false));
         }
         let acct = s.account_id.as_str();
@@ -767,13 +773,12 @@ impl Store {
             s.now,
         )
         .await?;
-        let col = if s.succeeded { "succeeded" } else { "failed" };
-        sqlx::query(&format!(
-            "UPDATE islands SET {col} = {col} + 1 WHERE id = $1"
-        ))
-        .bind(&s.island_id)
-        .execute(&mut *conn)
-        .await?;
+        let sql = if s.succeeded {
+            "UPDATE islands SET succeeded = succeeded + 1 WHERE id = $1"
+        } else {
+            "UPDATE islands SET failed = failed + 1 WHERE id = $1"
+        };
+        conn.exec(sql, &[Val::T(&s.island_id)]).await?;
         self.notify_in(conn, "u", &s.job_id).await?;
         Ok(Txn::Commit(true))
     }
@@ -825,7 +830,7 @@ impl Store {
         message: &str,
     ) -> Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query(
             "UPDATE jobs SET state = $1, error_code = $2, error_message = $3, cost = 0, lease_expires_at = NULL, updated_at = $4 \
              WHERE id = $5 AND state IN ('queued', 'assigned', 'running') RETURNING account_id, hold_amount",
@@ -841,14 +846,14 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         };
-        if !insert_settlement(&mut tx, job_id, state, 0, now).await? {
+        if !insert_settlement(&mut self.sql(&mut tx), job_id, state, 0, now).await? {
             tx.rollback().await?;
             return Ok(false);
         }
         let acct: String = row.try_get("account_id")?;
         let hold: i64 = row.try_get("hold_amount")?;
         post(
-            &mut tx,
+            &mut self.sql(&mut tx),
             &[
                 Entry::new(Book::Held, Some(&acct), Some(job_id), "refund", -hold),
                 Entry::new(Book::Available, Some(&acct), Some(job_id), "refund", hold),
@@ -897,7 +902,7 @@ impl Store {
             let (Some(island), Some(lease)) = (island, lease) else {
                 continue;
             };
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             let res = sqlx::query(
                 "UPDATE jobs SET state = 'queued', island_id = NULL, lease_id = NULL, lease_expires_at = NULL, \
                  leased_at = NULL, updated_at = $1 WHERE id = $2 AND lease_id = $3 AND state IN ('assigned', 'running')",
@@ -1053,7 +1058,7 @@ impl Store {
             return Ok(ReleaseOutcome::NotYours);
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query(
             "UPDATE jobs SET state = 'queued', island_id = NULL, lease_id = NULL, lease_expires_at = NULL, \
              leased_at = NULL, updated_at = $1 WHERE id = $2 AND island_id = $3 AND lease_id = $4 \
@@ -1166,43 +1171,36 @@ struct ClaimArgs {
     max: i64,
 }
 
-async fn claim_tx(conn: &mut AnyConnection, a: &ClaimArgs) -> Result<Vec<JobRow>> {
-    let mut q = sqlx::query(&a.sql)
-        .bind(&a.island.id)
-        .bind(&a.lease_id)
-        .bind(a.lease_expires_at)
-        .bind(a.now)
-        .bind(a.island.memory_mb)
-        .bind(a.island.capacity)
-        .bind(a.now_secs)
-        .bind(a.max);
-    for r in &a.island.runtimes {
-        q = q.bind(r);
-    }
-    q.fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(job_from)
-        .collect()
+async fn claim_tx(conn: &mut dyn Sql, a: &ClaimArgs) -> Result<Vec<JobRow>> {
+    let mut args = vec![
+        Val::T(&a.island.id),
+        Val::T(&a.lease_id),
+        Val::I(a.lease_expires_at),
+        Val::I(a.now),
+        Val::I(a.island.memory_mb),
+        Val::I(a.island.capacity),
+        Val::I(a.now_secs),
+        Val::I(a.max),
+    ];
+    args.extend(a.island.runtimes.iter().map(Val::from));
+    conn.jobs(&a.sql, &args).await
 }
 
+/// The job's one settlement row; false when it already has one.
 async fn insert_settlement(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Sql,
     job_id: &str,
     outcome: &str,
     cost: i64,
     now: i64,
 ) -> Result<bool> {
-    let res = sqlx::query(
-        "INSERT INTO settlements (job_id, outcome, cost, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(job_id)
-    .bind(outcome)
-    .bind(cost)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(res.rows_affected() == 1)
+    let inserted = conn
+        .exec(
+            "INSERT INTO settlements (job_id, outcome, cost, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[Val::T(job_id), Val::T(outcome), Val::I(cost), Val::I(now)],
+        )
+        .await?;
+    Ok(inserted == 1)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! projected (they would be one hot row for every job) and are summed on
 //! demand.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use super::sql::{Sql, Val};
 
 use super::{Result, Store, StoreError};
 use crate::util::ordered_id;
@@ -64,7 +66,7 @@ impl<'a> Entry<'a> {
 
 /// Writes one balanced ledger transaction and updates the projections.
 /// Zero-amount entries are skipped. The caller owns the database transaction.
-pub async fn post(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> Result<()> {
+pub async fn post(conn: &mut dyn Sql, entries: &[Entry<'_>], now: i64) -> Result<()> {
     let sum: i64 = entries.iter().map(|e| e.amount).sum();
     if sum != 0 {
         return Err(StoreError::Unbalanced(sum));
@@ -74,10 +76,12 @@ pub async fn post(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> 
         return Ok(());
     }
     let txn_id = ordered_id("txn");
+    let ids: Vec<String> = entries.iter().map(|_| ordered_id("le")).collect();
     let mut sql = String::from(
         "INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) VALUES ",
     );
-    for i in 0..entries.len() {
+    let mut args: Vec<Val> = Vec::with_capacity(entries.len() * 8);
+    for (i, (e, id)) in entries.iter().zip(&ids).enumerate() {
         let b = i * 8;
         if i > 0 {
             sql.push_str(", ");
@@ -93,21 +97,19 @@ pub async fn post(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> 
             b + 7,
             b + 8
         ));
+        args.extend([
+            Val::T(id),
+            Val::T(&txn_id),
+            Val::T(e.book.as_str()),
+            e.account_id.into(),
+            e.job_id.into(),
+            Val::T(e.kind),
+            Val::I(e.amount),
+            Val::I(now),
+        ]);
     }
-    let mut q = sqlx::query(&sql);
-    for e in &entries {
-        q = q
-            .bind(ordered_id("le"))
-            .bind(txn_id.clone())
-            .bind(e.book.as_str())
-            .bind(e.account_id.map(str::to_string))
-            .bind(e.job_id.map(str::to_string))
-            .bind(e.kind)
-            .bind(e.amount)
-            .bind(now);
-    }
-    q.execute(&mut *conn).await?;
-    // Projections, one UPDATE per account touched.
+    conn.exec(&sql, &args).await?;
+    // Per account: change to available balance and to held.
     let mut per_account: Vec<(&str, i64, i64)> = Vec::new();
     for e in &entries {
         let Some(acct) = e.account_id else { continue };
@@ -128,69 +130,65 @@ pub async fn post(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> 
     if per_account.is_empty() {
         return Ok(());
     }
-    // One UPDATE for every account touched.
+    // One statement for every account touched.
     let (mut bal, mut held, mut ids) = (String::new(), String::new(), Vec::new());
-    for i in 0..per_account.len() {
+    let mut args: Vec<Val> = Vec::with_capacity(per_account.len() * 3);
+    for (i, (acct, da, dh)) in per_account.iter().enumerate() {
         let b = i * 3;
         bal.push_str(&format!(" WHEN ${} THEN ${}", b + 1, b + 2));
         held.push_str(&format!(" WHEN ${} THEN ${}", b + 1, b + 3));
         ids.push(format!("${}", b + 1));
+        args.extend([Val::T(acct), Val::I(*da), Val::I(*dh)]);
     }
     let sql = format!(
         "UPDATE accounts SET balance = balance + CASE id{bal} ELSE 0 END, held = held + CASE id{held} ELSE 0 END \
          WHERE id IN ({})",
         ids.join(", ")
     );
-    let mut q = sqlx::query(&sql);
-    for (acct, da, dh) in &per_account {
-        q = q.bind(*acct).bind(*da).bind(*dh);
-    }
-    q.execute(&mut *conn).await?;
+    conn.exec(&sql, &args).await?;
     Ok(())
 }
 
-/// Moves `amount` from an account's available book to its held book if the
-/// balance covers it. Returns false (nothing written) when it does not.
+/// Moves `amount` from the account's available balance to held, if the
+/// balance covers it (false otherwise; nothing is written).
 pub async fn hold(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Sql,
     account_id: &str,
     job_id: &str,
     amount: i64,
     now: i64,
 ) -> Result<bool> {
-    if amount > 0 {
-        let res = sqlx::query(
+    if amount <= 0 {
+        return Ok(true);
+    }
+    let changed = conn
+        .exec(
             "UPDATE accounts SET balance = balance - $1, held = held + $1 WHERE id = $2 AND balance >= $1",
+            &[Val::I(amount), Val::T(account_id)],
         )
-        .bind(amount)
-        .bind(account_id)
-        .execute(&mut *conn)
         .await?;
-        if res.rows_affected() != 1 {
-            return Ok(false);
-        }
+    if changed != 1 {
+        return Ok(false);
     }
-    // The projection is already updated; write the entries only.
-    if amount > 0 {
-        sqlx::query(
-            "INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) \
-             VALUES ($1, $2, 'available', $3, $4, 'hold', $5, $6), ($7, $2, 'held', $3, $4, 'hold', $8, $6)",
-        )
-        .bind(ordered_id("le"))
-        .bind(ordered_id("txn"))
-        .bind(account_id)
-        .bind(job_id)
-        .bind(-amount)
-        .bind(now)
-        .bind(ordered_id("le"))
-        .bind(amount)
-        .execute(&mut *conn)
-        .await?;
-    }
+    let (le1, txn, le2) = (ordered_id("le"), ordered_id("txn"), ordered_id("le"));
+    conn.exec(
+        "INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) \
+         VALUES ($1, $2, 'available', $3, $4, 'hold', $5, $6), ($7, $2, 'held', $3, $4, 'hold', $8, $6)",
+        &[
+            Val::T(&le1),
+            Val::T(&txn),
+            Val::T(account_id),
+            Val::T(job_id),
+            Val::I(-amount),
+            Val::I(now),
+            Val::T(&le2),
+            Val::I(amount),
+        ],
+    )
+    .await?;
     Ok(true)
 }
 
-/// Sums over the whole ledger, for metrics and the conservation check.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerTotals {
     pub available: i64,

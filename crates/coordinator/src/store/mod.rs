@@ -18,6 +18,7 @@
 mod jobs;
 mod ledger;
 mod registry;
+mod sql;
 mod writer;
 
 use std::borrow::Cow;
@@ -42,6 +43,8 @@ pub use registry::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database error (SQLite writer): {0}")]
+    Sqlite(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database has migration {0} applied, which this build of archipelago does not know: it was migrated by a newer (or another) build. Run that build, or point the coordinator at another database or schema")]
@@ -159,6 +162,21 @@ fn connect_options(url: &str) -> Result<AnyConnectOptions> {
         .map_err(|e: sqlx::Error| StoreError::BadUrl(format!("cannot parse database url: {e}")))
 }
 
+/// The file of a SQLite URL, or None for an in-memory database (which a
+/// second connection could not see).
+fn sqlite_file(url: &str) -> Result<Option<std::path::PathBuf>> {
+    if !url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let opts: sqlx::sqlite::SqliteConnectOptions = url
+        .parse()
+        .map_err(|e: sqlx::Error| StoreError::BadUrl(format!("cannot parse database url: {e}")))?;
+    Ok(Some(opts.get_filename().to_path_buf()))
+}
+
 fn valid_schema_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -197,6 +215,8 @@ impl Store {
             check_schema_name(s)?;
         }
         let opts = connect_options(&cfg.url)?;
+        let file_path = sqlite_file(&cfg.url)?;
+        let file = file_path.is_some();
         let pool = match kind {
             DbKind::Sqlite => {
                 AnyPoolOptions::new()
@@ -209,12 +229,18 @@ impl Store {
                     // costs a round trip to the connection's worker thread.
                     .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            // A file's checkpoints run on the writer's
+                            // checkpoint thread (store/writer.rs), never
+                            // inside a request's commit.
+                            if file {
+                                conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                            }
                             Ok(())
                         })
                     })
@@ -254,7 +280,10 @@ impl Store {
             sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::UnknownMigration(v),
             e => StoreError::Migrate(e),
         })?;
-        let writer = writer::Writer::spawn(pool.clone());
+        let writer = match (kind, file_path) {
+            (DbKind::Sqlite, Some(path)) => writer::Writer::spawn_sqlite_thread(&path)?,
+            _ => writer::Writer::spawn(pool.clone(), kind == DbKind::Postgres),
+        };
         Ok(Store {
             writer,
             pool,
@@ -322,15 +351,35 @@ impl Store {
     /// PostgreSQL: queues `NOTIFY {replica}:{kind}:{id}` inside the
     /// caller's transaction, so it goes out with the commit instead of
     /// costing a commit of its own. Nothing on SQLite (one process).
-    async fn notify_in(&self, conn: &mut sqlx::AnyConnection, kind: &str, id: &str) -> Result<()> {
-        if self.kind == DbKind::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(self.channel())
-                .bind(format!("{}:{kind}:{id}", self.replica_id))
-                .execute(&mut *conn)
-                .await?;
+    async fn notify_in(&self, conn: &mut dyn sql::Sql, kind: &str, id: &str) -> Result<()> {
+        if conn.is_postgres() {
+            let (channel, payload) = (self.channel(), format!("{}:{kind}:{id}", self.replica_id));
+            conn.exec(
+                "SELECT pg_notify($1, $2)",
+                &[sql::Val::T(&channel), sql::Val::T(&payload)],
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// The job path's [`sql::Sql`] view of a sqlx connection or transaction.
+    fn sql<'c>(&self, conn: &'c mut sqlx::AnyConnection) -> sql::AnySql<'c> {
+        sql::AnySql {
+            conn,
+            postgres: self.kind == DbKind::Postgres,
+        }
+    }
+
+    /// A write transaction outside the writer. On SQLite it is `BEGIN
+    /// IMMEDIATE`: it takes the write lock up front, waiting for the writer
+    /// thread's connection (`busy_timeout`), where a deferred `BEGIN` that
+    /// reads first could fail on a snapshot that connection made stale.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.kind {
+            DbKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Publishes a wake-up to other replicas (PostgreSQL `NOTIFY`).

@@ -283,7 +283,7 @@ impl Store {
     pub async fn create_account(&self, name: &str, is_admin: bool, credits: i64) -> Result<String> {
         let id = random_id("acct");
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO accounts (id, name, balance, held, is_admin, created_at) VALUES ($1, $2, 0, 0, $3, $4)",
         )
@@ -294,7 +294,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if credits > 0 {
-            grant_in(&mut tx, &id, credits, now).await?;
+            grant_in(&mut self.sql(&mut tx), &id, credits, now).await?;
         }
         tx.commit().await?;
         Ok(id)
@@ -302,7 +302,7 @@ impl Store {
 
     /// Issues `credits` to an account (issuance → available).
     pub async fn grant(&self, account_id: &str, credits: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists = sqlx::query("SELECT id FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_optional(&mut *tx)
@@ -311,7 +311,7 @@ impl Store {
         if !exists {
             return Ok(false);
         }
-        grant_in(&mut tx, account_id, credits, now_ms()).await?;
+        grant_in(&mut self.sql(&mut tx), account_id, credits, now_ms()).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -570,7 +570,7 @@ impl Store {
         memory_mb: i64,
         capacity: i64,
     ) -> Result<Option<(String, String)>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let row = sqlx::query(
             "UPDATE enrollment_tokens SET uses_remaining = uses_remaining - 1 \
              WHERE token_hash = $1 AND (uses_remaining IS NULL OR uses_remaining > 0) RETURNING owner_account_id",
@@ -831,7 +831,7 @@ fn api_key_from(r: &AnyRow) -> Result<ApiKeyRow> {
 }
 
 async fn grant_in(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut dyn super::sql::Sql,
     account_id: &str,
     credits: i64,
     now: i64,

@@ -1,15 +1,32 @@
-//! Group commit: the job path's write transactions (submit, claim,
-//! settle) go through one task per replica that runs whatever has queued
-//! up meanwhile in a single database transaction.
+//! Group commit: the job path's write transactions (submit, claim, settle)
+//! go through one writer per replica that runs whatever has queued up
+//! meanwhile in a single database transaction.
 //!
 //! On SQLite there is one writer at a time anyway, so many small
 //! transactions queue on its lock, each paying a `BEGIN`, a `COMMIT` (a WAL
-//! append) and the round trips to the connection's worker thread. On
-//! PostgreSQL each commit waits for a WAL flush (`synchronous_commit` on),
-//! which bounds a stream of small transactions far below what the
-//! statements themselves cost. Batching keeps the semantics (each
-//! operation sees every earlier one, in order; its writes commit
-//! atomically with the batch) and pays those costs once per batch.
+//! append) and, through sqlx, a round trip to the connection's worker
+//! thread per statement. On PostgreSQL each commit waits for a WAL flush
+//! (`synchronous_commit` on), which bounds a stream of small transactions
+//! far below what the statements themselves cost. Batching keeps the
+//! semantics (each operation sees every earlier one, in order; its writes
+//! commit atomically with the batch) and pays those costs once per batch.
+//!
+//! Two engines run the batches, behind the same [`Writer`]:
+//! - a SQLite file: a thread of its own holding a synchronous `rusqlite`
+//!   connection to the same file. A batch costs one hand-over to that
+//!   thread and one answer per operation, however many statements it runs
+//!   (sqlx would cost two thread wake-ups per statement). Its transactions
+//!   are `BEGIN IMMEDIATE`, and so are the store's other SQLite write
+//!   transactions ([`super::Store::begin`]), so the two connections queue
+//!   on the write lock (`busy_timeout`) instead of failing on a stale read
+//!   snapshot.
+//!   Checkpoints (copying the WAL back into the database file, the only
+//!   step that waits for the disk with `synchronous = NORMAL`) run on a
+//!   second thread with its own connection, every [`CHECKPOINT_EVERY`], so
+//!   no commit on the job path ever waits for an fsync; SQLite's automatic
+//!   checkpoint is off on the store's connections.
+//! - PostgreSQL, or an in-memory SQLite (which a second connection cannot
+//!   see): a tokio task driving sqlx connections from the pool.
 //!
 //! An operation answers [`Txn::Commit`] or [`Txn::Rollback`]. A batch
 //! commits only when every operation in it wanted to commit; otherwise (or
@@ -17,18 +34,27 @@
 //! batch) the whole batch is rolled back and each operation runs again in a
 //! transaction of its own, which then commits or rolls back as that
 //! operation asks. Operations are therefore re-runnable closures that only
-//! touch the database and the slot their answer goes to.
+//! touch the database (through [`Sql`]) and the slot their answer goes to.
 
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::sql::{AnySql, LiteSql, Sql};
 use super::{Result, StoreError};
 
 /// Most operations in one batch.
 const MAX_BATCH: usize = 128;
+
+/// How often the checkpoint thread folds the WAL into the database file.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// What an operation wants done with its transaction.
 pub enum Txn<T> {
@@ -37,7 +63,7 @@ pub enum Txn<T> {
     Rollback(T),
 }
 
-type ErasedOp = Box<dyn for<'c> FnMut(&'c mut AnyConnection) -> BoxFuture<'c, Result<bool>> + Send>;
+type ErasedOp = Box<dyn for<'c> FnMut(&'c mut dyn Sql) -> BoxFuture<'c, Result<bool>> + Send>;
 
 struct Request {
     op: ErasedOp,
@@ -47,19 +73,65 @@ struct Request {
     done: oneshot::Sender<Result<()>>,
 }
 
-/// Handle to the writer task.
+#[derive(Clone)]
+enum Engine {
+    Task(mpsc::UnboundedSender<Request>),
+    Thread(std::sync::mpsc::Sender<Request>),
+}
+
+/// Handle to the writer.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::UnboundedSender<Request>,
+    engine: Engine,
 }
 
 impl Writer {
     /// A group-committing writer task on `pool`. It ends when the last
     /// handle is dropped.
-    pub fn spawn(pool: AnyPool) -> Writer {
+    pub fn spawn(pool: AnyPool, postgres: bool) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx));
-        Writer { tx }
+        tokio::spawn(run_task(pool, postgres, rx));
+        Writer {
+            engine: Engine::Task(tx),
+        }
+    }
+
+    /// A group-committing writer thread on its own connection to the
+    /// SQLite file at `path` (already created and migrated). It ends when
+    /// the last handle is dropped.
+    pub fn spawn_sqlite_thread(path: &Path) -> Result<Writer> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // journal_mode is a property of the file (set by the first
+        // connection); these two are per connection.
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let checkpointer = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        checkpointer.busy_timeout(Duration::from_secs(5))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                run_thread(conn, rx);
+                drop(stop_tx);
+            })
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || run_checkpoints(checkpointer, stop_rx))
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Writer {
+            engine: Engine::Thread(tx),
+        })
     }
 
     /// Runs `op` in a write transaction and returns its answer once that
@@ -67,7 +139,7 @@ impl Writer {
     pub async fn write<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnMut(&'c mut AnyConnection) -> BoxFuture<'c, Result<Txn<T>>> + Send + 'static,
+        F: for<'c> FnMut(&'c mut dyn Sql) -> BoxFuture<'c, Result<Txn<T>>> + Send + 'static,
     {
         self.submit(op, false).await
     }
@@ -78,7 +150,7 @@ impl Writer {
     pub async fn write_one<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnMut(&'c mut AnyConnection) -> BoxFuture<'c, Result<Txn<T>>> + Send + 'static,
+        F: for<'c> FnMut(&'c mut dyn Sql) -> BoxFuture<'c, Result<Txn<T>>> + Send + 'static,
     {
         self.submit(op, true).await
     }
@@ -86,7 +158,7 @@ impl Writer {
     async fn submit<T, F>(&self, mut op: F, single: bool) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnMut(&'c mut AnyConnection) -> BoxFuture<'c, Result<Txn<T>>> + Send + 'static,
+        F: for<'c> FnMut(&'c mut dyn Sql) -> BoxFuture<'c, Result<Txn<T>>> + Send + 'static,
     {
         let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
         let out = slot.clone();
@@ -105,20 +177,27 @@ impl Writer {
             })
         });
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Request {
-                op: erased,
-                single,
-                done,
-            })
-            .map_err(|_| StoreError::Closed)?;
+        let req = Request {
+            op: erased,
+            single,
+            done,
+        };
+        let sent = match &self.engine {
+            Engine::Task(tx) => tx.send(req).is_ok(),
+            Engine::Thread(tx) => tx.send(req).is_ok(),
+        };
+        if !sent {
+            return Err(StoreError::Closed);
+        }
         wait.await.map_err(|_| StoreError::Closed)??;
         let value = out.lock().ok().and_then(|mut s| s.take());
         value.ok_or(StoreError::Closed)
     }
 }
 
-async fn run(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Request>) {
+// ---- the task engine (sqlx)
+
+async fn run_task(pool: AnyPool, postgres: bool, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut batch: Vec<Request> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -128,7 +207,7 @@ async fn run(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Request>) {
                 Err(_) => break,
             }
         }
-        if batch.len() > 1 && run_batch(&pool, &mut batch).await {
+        if batch.len() > 1 && task_batch(&pool, postgres, &mut batch).await {
             for r in batch.drain(..) {
                 let _ = r.done.send(Ok(()));
             }
@@ -136,9 +215,9 @@ async fn run(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Request>) {
         }
         for mut r in batch.drain(..) {
             let res = if r.single {
-                run_autocommit(&pool, &mut r.op).await
+                task_autocommit(&pool, postgres, &mut r.op).await
             } else {
-                run_alone(&pool, &mut r.op).await
+                task_alone(&pool, postgres, &mut r.op).await
             };
             let _ = r.done.send(res);
         }
@@ -147,12 +226,17 @@ async fn run(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Request>) {
 
 /// All of `batch` in one transaction; false (rolled back) unless every
 /// operation asked to commit and the commit succeeded.
-async fn run_batch(pool: &AnyPool, batch: &mut [Request]) -> bool {
+async fn task_batch(pool: &AnyPool, postgres: bool, batch: &mut [Request]) -> bool {
     let Ok(mut tx) = pool.begin().await else {
         return false;
     };
     for r in batch.iter_mut() {
-        match (r.op)(&mut tx).await {
+        match (r.op)(&mut AnySql {
+            conn: &mut tx,
+            postgres,
+        })
+        .await
+        {
             Ok(true) => {}
             Ok(false) | Err(_) => {
                 let _ = tx.rollback().await;
@@ -169,9 +253,14 @@ async fn run_batch(pool: &AnyPool, batch: &mut [Request]) -> bool {
     }
 }
 
-async fn run_alone(pool: &AnyPool, op: &mut ErasedOp) -> Result<()> {
+async fn task_alone(pool: &AnyPool, postgres: bool, op: &mut ErasedOp) -> Result<()> {
     let mut tx = pool.begin().await?;
-    match op(&mut tx).await {
+    match op(&mut AnySql {
+        conn: &mut tx,
+        postgres,
+    })
+    .await
+    {
         Ok(true) => tx.commit().await?,
         Ok(false) => tx.rollback().await?,
         Err(e) => {
@@ -182,8 +271,230 @@ async fn run_alone(pool: &AnyPool, op: &mut ErasedOp) -> Result<()> {
     Ok(())
 }
 
-async fn run_autocommit(pool: &AnyPool, op: &mut ErasedOp) -> Result<()> {
+async fn task_autocommit(pool: &AnyPool, postgres: bool, op: &mut ErasedOp) -> Result<()> {
     let mut conn = pool.acquire().await?;
-    op(&mut conn).await?;
+    op(&mut AnySql {
+        conn: &mut conn,
+        postgres,
+    })
+    .await?;
     Ok(())
+}
+
+// ---- the thread engine (rusqlite, SQLite file)
+
+fn run_thread(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if batch.len() > 1 && thread_batch(&mut conn, &mut batch) {
+            for r in batch.drain(..) {
+                let _ = r.done.send(Ok(()));
+            }
+            continue;
+        }
+        for mut r in batch.drain(..) {
+            let res = if r.single {
+                ready(&mut r.op, &mut conn).map(|_| ())
+            } else {
+                thread_alone(&mut conn, &mut r.op)
+            };
+            let _ = r.done.send(res);
+        }
+    }
+}
+
+/// Folds the WAL into the database file every [`CHECKPOINT_EVERY`] until
+/// the writer thread ends, then once more. `PASSIVE`: it never blocks a
+/// writer (or waits for one); what it cannot copy now it copies next time.
+fn run_checkpoints(conn: rusqlite::Connection, stop: std::sync::mpsc::Receiver<()>) {
+    loop {
+        let last = matches!(
+            stop.recv_timeout(CHECKPOINT_EVERY),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) | Ok(())
+        );
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed; the WAL grows until the next one succeeds");
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Runs `op` on the synchronous connection: its future is ready when
+/// first polled, since every [`LiteSql`] call completes before it returns.
+fn ready(op: &mut ErasedOp, conn: &mut rusqlite::Connection) -> Result<bool> {
+    let mut sql = LiteSql { conn };
+    let mut fut: Pin<Box<dyn Future<Output = Result<bool>> + Send + '_>> = op(&mut sql);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(StoreError::Sqlite(
+            "a writer operation waited on something other than the database; it was not run".into(),
+        )),
+    }
+}
+
+fn thread_batch(conn: &mut rusqlite::Connection, batch: &mut [Request]) -> bool {
+    if conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+        return false;
+    }
+    for r in batch.iter_mut() {
+        match ready(&mut r.op, conn) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return false;
+            }
+        }
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::warn!(error = %e, size = batch.len(), "group commit failed; retrying one by one");
+            false
+        }
+    }
+}
+
+fn thread_alone(conn: &mut rusqlite::Connection, op: &mut ErasedOp) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match ready(op, conn) {
+        Ok(true) => {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        Ok(false) => conn.execute_batch("ROLLBACK")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sql::Val;
+    use super::*;
+
+    fn temp_db() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "archipelago-writer-{}-{}",
+            std::process::id(),
+            crate::util::random_id("t")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.db");
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)",
+        )
+        .unwrap();
+        path
+    }
+
+    /// Inserts `k`; rolls back (after writing) when `v` is negative.
+    async fn put(w: &Writer, k: &str, v: i64) -> Result<bool> {
+        let k = k.to_string();
+        w.write(move |conn| {
+            let k = k.clone();
+            Box::pin(async move {
+                conn.exec(
+                    "INSERT INTO t (k, v) VALUES ($1, $2)",
+                    &[Val::T(&k), Val::I(v)],
+                )
+                .await?;
+                Ok(if v < 0 {
+                    Txn::Rollback(false)
+                } else {
+                    Txn::Commit(true)
+                })
+            })
+        })
+        .await
+    }
+
+    fn rows(path: &Path) -> Vec<(String, i64)> {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let mut s = c.prepare("SELECT k, v FROM t ORDER BY k").unwrap();
+        let r = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thread_engine_commits_batches_and_isolates_a_rollback() {
+        let path = temp_db();
+        let w = Writer::spawn_sqlite_thread(&path).unwrap();
+        // Many at once, so they batch; one asks for rollback and one fails
+        // (duplicate key): neither may take the others down with it.
+        let mut tasks = Vec::new();
+        for i in 0..40i64 {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                let v = if i == 17 { -1 } else { i };
+                put(&w, &format!("k{i:02}"), v).await
+            }));
+        }
+        let dup = {
+            let w = w.clone();
+            tokio::spawn(async move { put(&w, "k03", 3).await })
+        };
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        let dup = dup.await.unwrap();
+        let got = rows(&path);
+        // k17 rolled back; the duplicate of k03 failed alone (whichever of
+        // the two came second), everything else committed.
+        assert!(!got.iter().any(|(k, _)| k == "k17"), "{got:?}");
+        assert_eq!(got.len(), 39, "{got:?}");
+        let failures = answers.iter().filter(|a| a.is_err()).count() + usize::from(dup.is_err());
+        assert_eq!(failures, 1);
+        assert!(matches!(answers[17], Ok(false)));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn thread_engine_refuses_an_operation_that_awaits_elsewhere() {
+        let path = temp_db();
+        let w = Writer::spawn_sqlite_thread(&path).unwrap();
+        let e = w
+            .write(|_conn| {
+                Box::pin(async {
+                    tokio::task::yield_now().await;
+                    Ok(Txn::Commit(()))
+                })
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("was not run"), "{e}");
+        // The writer is still usable afterwards.
+        assert!(put(&w, "a", 1).await.unwrap());
+        assert_eq!(rows(&path), vec![("a".to_string(), 1)]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_missing_file_is_a_clear_error() {
+        let e = match Writer::spawn_sqlite_thread(Path::new("/nonexistent/dir/x.db")) {
+            Err(e) => e,
+            Ok(_) => panic!("opened a missing file"),
+        };
+        assert!(e.to_string().contains("SQLite"), "{e}");
+    }
 }

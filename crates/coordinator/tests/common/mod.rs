@@ -1,5 +1,7 @@
-//! Test harness: a real coordinator on 127.0.0.1:0 over SQLite (in memory)
-//! or PostgreSQL (a fresh schema per test), driven over HTTP.
+//! Test harness: a real coordinator on 127.0.0.1:0 over SQLite (a file in
+//! a fresh temporary directory, as `--data-dir` makes it, so the store's
+//! writer thread is what runs) or PostgreSQL (a fresh schema per test),
+//! driven over HTTP.
 #![allow(dead_code)]
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +25,23 @@ pub fn pg_url() -> String {
     std::env::var("ARCHIPELAGO_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG.to_string())
 }
 
-/// Opens a fresh, isolated store.
+/// A fresh SQLite file store in a new temporary directory, which the
+/// caller removes.
+pub async fn fresh_sqlite_file() -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "archipelago-test-{}-{}",
+        std::process::id(),
+        hex_rand()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    (
+        Store::connect(&DbConfig::sqlite_in(&dir)).await.unwrap(),
+        dir,
+    )
+}
+
+/// Opens a fresh, isolated store. A SQLite one is in memory; see
+/// [`fresh_sqlite_file`] for the file a deployment uses.
 pub async fn fresh_store(backend: Backend) -> (Store, Option<String>) {
     match backend {
         Backend::Sqlite => (
@@ -72,6 +90,7 @@ pub struct Harness {
     pub store: Store,
     pub sim_seed: [u8; 32],
     schema: Option<String>,
+    sqlite_dir: Option<std::path::PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -94,7 +113,16 @@ impl Harness {
         accept_sim: bool,
         tweak: impl FnOnce(&mut Config),
     ) -> Harness {
-        let (store, schema) = fresh_store(backend).await;
+        let (store, schema, sqlite_dir) = match backend {
+            Backend::Sqlite => {
+                let (store, dir) = fresh_sqlite_file().await;
+                (store, None, Some(dir))
+            }
+            Backend::Postgres => {
+                let (store, schema) = fresh_store(backend).await;
+                (store, schema, None)
+            }
+        };
         store.ensure_default_workloads().await.unwrap();
         let mut config = Config {
             rate_limit_per_sec: 1e6,
@@ -154,6 +182,7 @@ impl Harness {
             store,
             sim_seed,
             schema,
+            sqlite_dir,
             stop: Some(tx),
             server: Some(server),
         }
@@ -206,6 +235,10 @@ impl Harness {
             // migrate `public`, and a database another build migrated there
             // would then fail every test.
             let _ = Store::drop_schema(&pg_url(), &schema).await;
+        }
+        if let Some(dir) = self.sqlite_dir.take() {
+            self.store.close().await;
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 

@@ -1,0 +1,300 @@
+//! The job path's statements, written once for two ways of running them.
+//!
+//! Submission, claim and settlement (and the ledger postings they make)
+//! run inside the group-commit writer ([`super::writer`]). On PostgreSQL
+//! (and an in-memory SQLite) the writer drives a sqlx connection. On a
+//! SQLite file it drives a synchronous `rusqlite` connection on a thread of
+//! its own: sqlx runs SQLite on a worker thread and hands every statement
+//! over a channel and back, two thread wake-ups per statement, which
+//! profiles showed to be most of the coordinator's CPU. A batch on the
+//! writer thread costs one hand-over in all.
+//!
+//! So the operations take `&mut dyn Sql`: the same SQL text (`$n`
+//! placeholders, which SQLite reads as named parameters `$1`, `$2`, …) and
+//! the same guards either way. [`Sql::exec`] answers rows affected;
+//! [`Sql::jobs`] runs a statement returning job rows.
+
+use futures_util::future::BoxFuture;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{Result, StoreError};
+
+/// A statement argument. Text NULLs only: no operation binds a NULL of
+/// another type (PostgreSQL would refuse a text NULL for an integer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Val<'a> {
+    I(i64),
+    T(&'a str),
+    Null,
+}
+
+impl<'a> From<i64> for Val<'a> {
+    fn from(v: i64) -> Self {
+        Val::I(v)
+    }
+}
+
+impl<'a> From<&'a str> for Val<'a> {
+    fn from(v: &'a str) -> Self {
+        Val::T(v)
+    }
+}
+
+impl<'a> From<&'a String> for Val<'a> {
+    fn from(v: &'a String) -> Self {
+        Val::T(v)
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Val<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        v.map_or(Val::Null, Val::T)
+    }
+}
+
+/// A connection (usually inside a transaction) the job path writes through.
+pub(crate) trait Sql: Send {
+    /// Runs one statement; the number of rows it changed.
+    fn exec<'a>(&'a mut self, sql: &'a str, args: &'a [Val<'a>]) -> BoxFuture<'a, Result<u64>>;
+
+    /// Runs one statement that returns job rows (`RETURNING` the job
+    /// columns); the rows, decoded.
+    fn jobs<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<super::JobRow>>>;
+
+    /// Which database this is (PostgreSQL-only statements are skipped on
+    /// SQLite).
+    fn is_postgres(&self) -> bool;
+}
+
+/// Typed access to a row's columns by name, for decoders shared by both
+/// drivers.
+pub(crate) trait Columns {
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+}
+
+impl Columns for AnyRow {
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// [`Sql`] over a sqlx connection (PostgreSQL, or SQLite through sqlx).
+pub(crate) struct AnySql<'c> {
+    pub conn: &'c mut AnyConnection,
+    pub postgres: bool,
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    args: &'q [Val<'q>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for a in args {
+        q = match *a {
+            Val::I(v) => q.bind(v),
+            Val::T(v) => q.bind(v),
+            Val::Null => q.bind(None::<String>),
+        };
+    }
+    q
+}
+
+impl Sql for AnySql<'_> {
+    fn exec<'a>(&'a mut self, sql: &'a str, args: &'a [Val<'a>]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let res = bind_all(sqlx::query(sql), args)
+                .execute(&mut *self.conn)
+                .await?;
+            Ok(res.rows_affected())
+        })
+    }
+
+    fn jobs<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<super::JobRow>>> {
+        Box::pin(async move {
+            bind_all(sqlx::query(sql), args)
+                .fetch_all(&mut *self.conn)
+                .await?
+                .iter()
+                .map(super::jobs::job_from)
+                .collect()
+        })
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+}
+
+/// [`Sql`] over a synchronous SQLite connection: its futures are ready at
+/// once (the writer thread polls each exactly once).
+pub(crate) struct LiteSql<'c> {
+    /// `&mut`: a `Connection` is `Send` but not `Sync`.
+    pub conn: &'c mut rusqlite::Connection,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// Binds `$n` (or `?n`) parameters of `stmt` from `args` by number, as
+/// sqlx does, so one SQL text serves both drivers.
+fn bind_lite(stmt: &mut rusqlite::Statement<'_>, args: &[Val<'_>]) -> Result<()> {
+    for idx in 1..=stmt.parameter_count() {
+        let n = stmt
+            .parameter_name(idx)
+            .and_then(|name| name.strip_prefix(['$', '?']))
+            .and_then(|num| num.parse::<usize>().ok())
+            .unwrap_or(idx);
+        let Some(v) = n.checked_sub(1).and_then(|i| args.get(i)) else {
+            return Err(StoreError::Sqlite(format!(
+                "statement parameter ${n} has no argument ({} given)",
+                args.len()
+            )));
+        };
+        match *v {
+            Val::I(x) => stmt.raw_bind_parameter(idx, x)?,
+            Val::T(x) => stmt.raw_bind_parameter(idx, x)?,
+            Val::Null => stmt.raw_bind_parameter(idx, rusqlite::types::Null)?,
+        }
+    }
+    Ok(())
+}
+
+struct LiteRow<'r, 's> {
+    row: &'r rusqlite::Row<'s>,
+}
+
+impl Columns for LiteRow<'_, '_> {
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.row.get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.row.get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.row.get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.row.get(col)?)
+    }
+}
+
+impl LiteSql<'_> {
+    fn exec_now(&self, sql: &str, args: &[Val<'_>]) -> Result<u64> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        bind_lite(&mut stmt, args)?;
+        Ok(stmt.raw_execute()? as u64)
+    }
+
+    fn jobs_now(&self, sql: &str, args: &[Val<'_>]) -> Result<Vec<super::JobRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        bind_lite(&mut stmt, args)?;
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(super::jobs::job_from(&LiteRow { row })?);
+        }
+        Ok(out)
+    }
+}
+
+impl Sql for LiteSql<'_> {
+    fn exec<'a>(&'a mut self, sql: &'a str, args: &'a [Val<'a>]) -> BoxFuture<'a, Result<u64>> {
+        let r = self.exec_now(sql, args);
+        Box::pin(std::future::ready(r))
+    }
+
+    fn jobs<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<super::JobRow>>> {
+        let r = self.jobs_now(sql, args);
+        Box::pin(std::future::ready(r))
+    }
+
+    fn is_postgres(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lite() -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
+            .unwrap();
+        c
+    }
+
+    #[test]
+    fn parameters_bind_by_number_in_any_order() {
+        let mut c = lite();
+        let s = LiteSql { conn: &mut c };
+        // $2 appears before $1, and $1 twice.
+        let n = s
+            .exec_now(
+                "INSERT INTO t (b, a) SELECT $2, $1 UNION ALL SELECT $2 || 'x', $1 + 1",
+                &[Val::I(7), Val::T("seven")],
+            )
+            .unwrap();
+        assert_eq!(n, 2);
+        let (a, b): (i64, String) = c
+            .query_row("SELECT a, b FROM t WHERE a = 8", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((a, b.as_str()), (8, "sevenx"));
+    }
+
+    #[test]
+    fn a_missing_argument_is_an_error_not_a_panic() {
+        let mut c = lite();
+        let s = LiteSql { conn: &mut c };
+        let e = s
+            .exec_now("INSERT INTO t (a, b) VALUES ($1, $3)", &[Val::I(1)])
+            .unwrap_err();
+        assert!(e.to_string().contains("$3"), "{e}");
+        let e = s
+            .exec_now("INSERT INTO t (a, b) VALUES ($1, $2)", &[Val::I(1)])
+            .unwrap_err();
+        assert!(e.to_string().contains("$2"), "{e}");
+    }
+
+    #[test]
+    fn null_binds_as_null() {
+        let mut c = lite();
+        let s = LiteSql { conn: &mut c };
+        s.exec_now(
+            "INSERT INTO t (a, b) VALUES ($1, $2)",
+            &[Val::I(1), Val::Null],
+        )
+        .unwrap();
+        let b: Option<String> = c.query_row("SELECT b FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(b, None);
+    }
+}
