@@ -11,7 +11,8 @@
 //!
 //! `cargo bench -p archipelago-coordinator --bench throughput` runs the full
 //! sizes; run without `--bench` (as `cargo test --benches` does) it does a
-//! small smoke run. `BENCH_PG=0` skips PostgreSQL, `BENCH_E2E=0` runs the
+//! small smoke run. `BENCH_PG=0` skips PostgreSQL, `BENCH_SQLITE=0` the
+//! end-to-end SQLite run, `BENCH_E2E=0` runs the
 //! storage layer alone (for profiling), `BENCH_LEASE_BATCH` sets the fake
 //! islands' `max_jobs` (default 16; 1 = one job per lease call).
 
@@ -568,7 +569,12 @@ fn main() {
         {
             return;
         }
-        run(false, jobs, submitters, islands, latency_jobs, batch, &srv).await;
+        if std::env::var("BENCH_SQLITE")
+            .map(|v| v != "0")
+            .unwrap_or(true)
+        {
+            run(false, jobs, submitters, islands, latency_jobs, batch, &srv).await;
+        }
         if pg_on {
             run(true, jobs, submitters, islands, latency_jobs, batch, &srv).await;
         }

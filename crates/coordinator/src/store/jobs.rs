@@ -11,11 +11,11 @@ use sqlx::Row;
 
 use std::sync::Arc;
 
-use super::ledger::{hold, post, Book, Entry};
-use super::sql::{Columns, Sql, Val};
+use super::ledger::{hold, post, posting, Book, Entry, LEDGER_COLS};
+use super::sql::{Args, Columns, Sql, Val};
 use super::writer::Txn;
 use super::{Result, Store, StoreError};
-use crate::util::{now_ms, random_id};
+use crate::util::{now_ms, ordered_id, random_id};
 
 /// Everything needed to enqueue a job (validated by the API layer).
 #[derive(Debug, Clone)]
@@ -283,6 +283,9 @@ impl Store {
         id: &str,
         now: i64,
     ) -> Result<Txn<Submitted>> {
+        if conn.is_postgres() {
+            return self.submit_pg(conn, j, id, now).await;
+        }
         if let Some((key, hash)) = &j.idempotency {
             let inserted = conn
                 .exec(
@@ -341,6 +344,100 @@ impl Store {
         }
         self.notify_in(conn, "q", id).await?;
         Ok(Txn::Commit(Submitted::Created))
+    }
+
+    /// [`Store::submit_tx`] on PostgreSQL: the same writes, guards and
+    /// answers in ONE statement (data-modifying `WITH` clauses), since
+    /// there every statement is a round trip to the server and the writer
+    /// runs them one after another.
+    async fn submit_pg(
+        &self,
+        conn: &mut dyn Sql,
+        j: &NewJob,
+        id: &str,
+        now: i64,
+    ) -> Result<Txn<Submitted>> {
+        let mut a = Args::default();
+        let (p_id, p_acct, p_now) = (a.push(id), a.push(&j.account_id), a.push(now));
+        let hold = j.hold.max(0);
+        let p_hold = a.push(hold);
+        let mut with = Vec::new();
+        let (idem_guard, idem_count) = match &j.idempotency {
+            Some((key, hash)) => {
+                with.push(format!(
+                    "i AS (INSERT INTO idempotency_keys (account_id, idem_key, request_hash, job_id, created_at) \
+                     VALUES ({p_acct}, {}, {}, {p_id}, {p_now}) ON CONFLICT DO NOTHING RETURNING 1 AS x)",
+                    a.push(key.as_str()),
+                    a.push(hash.as_str())
+                ));
+                (" AND EXISTS (SELECT 1 FROM i)", "(SELECT COUNT(*) FROM i)")
+            }
+            None => ("", "CAST(1 AS BIGINT)"),
+        };
+        with.push(format!(
+            "h AS (UPDATE accounts SET balance = balance - {p_hold}, held = held + {p_hold} \
+             WHERE id = {p_acct} AND balance >= {p_hold}{idem_guard} RETURNING id)"
+        ));
+        with.push(format!(
+            "j AS (INSERT INTO jobs (id, account_id, workload_id, mode, state, runtime, memory_mb, max_seconds, \
+             price_per_second, encryption_key_id, input, attempts, hold_amount, deadline_at, created_at, updated_at) \
+             SELECT {p_id}, {p_acct}, {}, {}, 'queued', {}, {}, {}, {}, {}, {}, 0, {}, {}, {p_now}, {p_now} FROM h RETURNING id)",
+            a.push(j.workload_id),
+            a.push(j.mode),
+            a.push(j.runtime.as_str()),
+            a.push(j.memory_mb),
+            a.push(j.max_seconds),
+            a.push(j.price_per_second),
+            a.push(j.encryption_key_id.as_deref()),
+            a.push(j.input.as_str()),
+            a.push(j.hold),
+            a.push(j.deadline_at),
+        ));
+        if hold > 0 {
+            let txn = ordered_id("txn");
+            let p_txn = a.push(txn);
+            with.push(format!(
+                "l AS (INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) \
+                 SELECT v.* FROM (VALUES ({}, {p_txn}, 'available', {p_acct}, {p_id}, 'hold', {}, {p_now}), \
+                 ({}, {p_txn}, 'held', {p_acct}, {p_id}, 'hold', {p_hold}, {p_now})) \
+                 AS v(id, txn_id, book, account_id, job_id, kind, amount, created_at) WHERE EXISTS (SELECT 1 FROM j))",
+                a.push(ordered_id("le")),
+                a.push(-hold),
+                a.push(ordered_id("le")),
+            ));
+        }
+        if !j.recipients.is_empty() {
+            let keys: Vec<String> = j
+                .recipients
+                .iter()
+                .map(|r| format!("({})", a.push(r.as_str())))
+                .collect();
+            with.push(format!(
+                "r AS (INSERT INTO job_recipients (job_id, key_id, excluded) SELECT j.id, v.k, 0 FROM j \
+                 CROSS JOIN (VALUES {}) AS v(k) ON CONFLICT DO NOTHING)",
+                keys.join(", ")
+            ));
+        }
+        with.push(format!(
+            "n AS MATERIALIZED (SELECT pg_notify({}, {}) FROM j)",
+            a.push(self.channel()),
+            a.push(format!("{}:q:{id}", self.replica_id()))
+        ));
+        let sql = format!(
+            "WITH {} SELECT {idem_count}, (SELECT COUNT(*) FROM j), (SELECT COUNT(*) FROM n)",
+            with.join(", ")
+        );
+        let got = conn.ints(&sql, &a.vals).await?;
+        Ok(match got.as_slice() {
+            [0, _, _] => Txn::Rollback(Submitted::KeyTaken),
+            [_, 0, _] => Txn::Rollback(Submitted::Short),
+            [_, _, _] => Txn::Commit(Submitted::Created),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "submission statement answered oddly".into(),
+                ))
+            }
+        })
     }
 
     /// A job of this account (None for other accounts' jobs).
@@ -715,6 +812,9 @@ impl Store {
     /// lease), the settlement row, the ledger transaction, the island's
     /// counters. Rolled back (false) when the guard does not hold.
     async fn settle_tx(&self, conn: &mut dyn Sql, s: &Settle) -> Result<Txn<bool>> {
+        if conn.is_postgres() {
+            return self.settle_pg(conn, s).await;
+        }
         let new_state = if s.succeeded { "succeeded" } else { "failed" };
         let (code, message) = match &s.error {
             Some((c, m)) => (Val::T(c), Val::T(m)),
@@ -781,6 +881,94 @@ impl Store {
         conn.exec(sql, &[Val::T(&s.island_id)]).await?;
         self.notify_in(conn, "u", &s.job_id).await?;
         Ok(Txn::Commit(true))
+    }
+
+    /// [`Store::settle_tx`] on PostgreSQL in one statement (see
+    /// [`Store::submit_pg`] for why): every later write depends on the
+    /// guarded job update and the settlement insert through `EXISTS`, so
+    /// nothing is written unless both happened.
+    async fn settle_pg(&self, conn: &mut dyn Sql, s: &Settle) -> Result<Txn<bool>> {
+        let new_state = if s.succeeded { "succeeded" } else { "failed" };
+        let mut a = Args::default();
+        let (code, message) = match &s.error {
+            Some((c, m)) => (Val::T(c), Val::T(m)),
+            None => (Val::Null, Val::Null),
+        };
+        let (p_state, p_cost, p_now) = (a.push(new_state), a.push(s.cost), a.push(s.now));
+        let p_island = a.push(s.island_id.as_str());
+        let mut with = vec![
+            format!(
+                "u AS (UPDATE jobs SET state = {p_state}, output = {}, error_code = {}, error_message = {}, cost = {p_cost}, \
+                 execution_ms = {}, lease_expires_at = NULL, updated_at = {p_now} \
+                 WHERE id = {} AND island_id = {p_island} AND lease_id = {} AND state IN ('assigned', 'running') RETURNING id)",
+                a.push(s.output.as_deref()),
+                a.push(code),
+                a.push(message),
+                a.push(s.exec_ms),
+                a.push(s.job_id.as_str()),
+                a.push(s.lease_id.as_str()),
+            ),
+            format!(
+                "s AS (INSERT INTO settlements (job_id, outcome, cost, created_at) SELECT id, {p_state}, {p_cost}, {p_now} FROM u \
+                 ON CONFLICT DO NOTHING RETURNING job_id)"
+            ),
+        ];
+        let acct = s.account_id.as_str();
+        let jid = Some(s.job_id.as_str());
+        let entries = [
+            Entry::new(
+                Book::Held,
+                Some(acct),
+                jid,
+                if s.succeeded { "charge" } else { "refund" },
+                -s.hold,
+            ),
+            Entry::new(
+                Book::Available,
+                Some(acct),
+                jid,
+                if s.succeeded { "release" } else { "refund" },
+                s.hold - s.cost,
+            ),
+            Entry::new(
+                Book::Available,
+                Some(&s.owner_account_id),
+                jid,
+                "earning",
+                s.earned,
+            ),
+            Entry::new(Book::Platform, None, jid, "platform_fee", s.cost - s.earned),
+        ];
+        if let Some(p) = posting(&mut a, &entries, s.now)? {
+            with.push(format!(
+                "l AS (INSERT INTO ledger_entries ({LEDGER_COLS}) SELECT v.* FROM (VALUES {}) AS v({LEDGER_COLS}) \
+                 WHERE EXISTS (SELECT 1 FROM s))",
+                p.rows
+            ));
+            if let Some(update) = p.accounts_update(&mut a) {
+                with.push(format!(
+                    "b AS (UPDATE accounts {update} AND EXISTS (SELECT 1 FROM s))"
+                ));
+            }
+        }
+        let counter = if s.succeeded { "succeeded" } else { "failed" };
+        with.push(format!(
+            "k AS (UPDATE islands SET {counter} = {counter} + 1 WHERE id = {p_island} AND EXISTS (SELECT 1 FROM s))"
+        ));
+        with.push(format!(
+            "n AS MATERIALIZED (SELECT pg_notify({}, {}) FROM s)",
+            a.push(self.channel()),
+            a.push(format!("{}:u:{}", self.replica_id(), s.job_id))
+        ));
+        let sql = format!(
+            "WITH {} SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM n)",
+            with.join(", ")
+        );
+        let got = conn.ints(&sql, &a.vals).await?;
+        Ok(match got.first() {
+            Some(1) => Txn::Commit(true),
+            _ => Txn::Rollback(false),
+        })
     }
 
     fn already(&self, job: &JobRow, _owner: &str, pct: i64) -> CompleteOutcome {

@@ -11,7 +11,7 @@
 
 use sqlx::Row;
 
-use super::sql::{Sql, Val};
+use super::sql::{Args, Sql, Val};
 
 use super::{Result, Store, StoreError};
 use crate::util::ordered_id;
@@ -64,53 +64,52 @@ impl<'a> Entry<'a> {
     }
 }
 
-/// Writes one balanced ledger transaction and updates the projections.
-/// Zero-amount entries are skipped. The caller owns the database transaction.
-pub async fn post(conn: &mut dyn Sql, entries: &[Entry<'_>], now: i64) -> Result<()> {
+/// A ledger transaction as SQL fragments: the `VALUES` rows of its
+/// entries, and (from [`Posting::accounts_update`]) the `SET`/`WHERE` of
+/// the one statement that moves the account projections. Placeholders are
+/// numbered in the caller's [`Args`], so the fragments can stand alone
+/// ([`post`]) or inside a larger statement (a PostgreSQL settlement).
+pub(crate) struct Posting<'a> {
+    /// `(…), (…)` rows for [`LEDGER_COLS`].
+    pub rows: String,
+    /// Per account: change to its available balance and to held.
+    per_account: Vec<(&'a str, i64, i64)>,
+}
+
+pub(crate) const LEDGER_COLS: &str =
+    "id, txn_id, book, account_id, job_id, kind, amount, created_at";
+
+/// Builds a balanced ledger transaction; None when every entry is zero.
+/// Zero-amount entries are skipped; an unbalanced set is refused.
+pub(crate) fn posting<'a>(
+    args: &mut Args<'a>,
+    entries: &[Entry<'a>],
+    now: i64,
+) -> Result<Option<Posting<'a>>> {
     let sum: i64 = entries.iter().map(|e| e.amount).sum();
     if sum != 0 {
         return Err(StoreError::Unbalanced(sum));
     }
-    let entries: Vec<&Entry> = entries.iter().filter(|e| e.amount != 0).collect();
+    let entries: Vec<&Entry<'a>> = entries.iter().filter(|e| e.amount != 0).collect();
     if entries.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let txn_id = ordered_id("txn");
-    let ids: Vec<String> = entries.iter().map(|_| ordered_id("le")).collect();
-    let mut sql = String::from(
-        "INSERT INTO ledger_entries (id, txn_id, book, account_id, job_id, kind, amount, created_at) VALUES ",
-    );
-    let mut args: Vec<Val> = Vec::with_capacity(entries.len() * 8);
-    for (i, (e, id)) in entries.iter().zip(&ids).enumerate() {
-        let b = i * 8;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8
+    let mut values = Vec::with_capacity(entries.len());
+    for e in &entries {
+        values.push(format!(
+            "({}, {}, {}, {}, {}, {}, {}, {})",
+            args.push(ordered_id("le")),
+            args.push(txn_id.clone()),
+            args.push(e.book.as_str()),
+            args.push(e.account_id),
+            args.push(e.job_id),
+            args.push(e.kind),
+            args.push(e.amount),
+            args.push(now),
         ));
-        args.extend([
-            Val::T(id),
-            Val::T(&txn_id),
-            Val::T(e.book.as_str()),
-            e.account_id.into(),
-            e.job_id.into(),
-            Val::T(e.kind),
-            Val::I(e.amount),
-            Val::I(now),
-        ]);
     }
-    conn.exec(&sql, &args).await?;
-    // Per account: change to available balance and to held.
-    let mut per_account: Vec<(&str, i64, i64)> = Vec::new();
+    let mut per_account: Vec<(&'a str, i64, i64)> = Vec::new();
     for e in &entries {
         let Some(acct) = e.account_id else { continue };
         let (da, dh) = match e.book {
@@ -127,25 +126,55 @@ pub async fn post(conn: &mut dyn Sql, entries: &[Entry<'_>], now: i64) -> Result
         }
     }
     per_account.retain(|(_, da, dh)| *da != 0 || *dh != 0);
-    if per_account.is_empty() {
+    Ok(Some(Posting {
+        rows: values.join(", "),
+        per_account,
+    }))
+}
+
+impl<'a> Posting<'a> {
+    /// `SET … WHERE id IN (…)` for one `UPDATE accounts` covering every
+    /// account touched, its placeholders numbered in `args`; None when no
+    /// account balance moves.
+    pub fn accounts_update(&self, args: &mut Args<'a>) -> Option<String> {
+        if self.per_account.is_empty() {
+            return None;
+        }
+        let (mut bal, mut held, mut ids) = (String::new(), String::new(), Vec::new());
+        for (acct, da, dh) in &self.per_account {
+            let id = args.push(*acct);
+            bal.push_str(&format!(" WHEN {id} THEN {}", args.push(*da)));
+            held.push_str(&format!(" WHEN {id} THEN {}", args.push(*dh)));
+            ids.push(id);
+        }
+        Some(format!(
+            "SET balance = balance + CASE id{bal} ELSE 0 END, held = held + CASE id{held} ELSE 0 END \
+             WHERE id IN ({})",
+            ids.join(", ")
+        ))
+    }
+}
+
+/// Writes one balanced ledger transaction and updates the projections.
+/// Zero-amount entries are skipped. The caller owns the database transaction.
+pub async fn post(conn: &mut dyn Sql, entries: &[Entry<'_>], now: i64) -> Result<()> {
+    let mut rows = Args::default();
+    let Some(p) = posting(&mut rows, entries, now)? else {
         return Ok(());
+    };
+    conn.exec(
+        &format!(
+            "INSERT INTO ledger_entries ({LEDGER_COLS}) VALUES {}",
+            p.rows
+        ),
+        &rows.vals,
+    )
+    .await?;
+    let mut accounts = Args::default();
+    if let Some(update) = p.accounts_update(&mut accounts) {
+        conn.exec(&format!("UPDATE accounts {update}"), &accounts.vals)
+            .await?;
     }
-    // One statement for every account touched.
-    let (mut bal, mut held, mut ids) = (String::new(), String::new(), Vec::new());
-    let mut args: Vec<Val> = Vec::with_capacity(per_account.len() * 3);
-    for (i, (acct, da, dh)) in per_account.iter().enumerate() {
-        let b = i * 3;
-        bal.push_str(&format!(" WHEN ${} THEN ${}", b + 1, b + 2));
-        held.push_str(&format!(" WHEN ${} THEN ${}", b + 1, b + 3));
-        ids.push(format!("${}", b + 1));
-        args.extend([Val::T(acct), Val::I(*da), Val::I(*dh)]);
-    }
-    let sql = format!(
-        "UPDATE accounts SET balance = balance + CASE id{bal} ELSE 0 END, held = held + CASE id{held} ELSE 0 END \
-         WHERE id IN ({})",
-        ids.join(", ")
-    );
-    conn.exec(&sql, &args).await?;
     Ok(())
 }
 

@@ -22,11 +22,34 @@ use super::{Result, StoreError};
 
 /// A statement argument. Text NULLs only: no operation binds a NULL of
 /// another type (PostgreSQL would refuse a text NULL for an integer).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Val<'a> {
     I(i64),
     T(&'a str),
+    /// Text made for this statement (a fresh id, say).
+    Owned(String),
     Null,
+}
+
+/// Arguments of a statement built in pieces: each [`Args::push`] answers
+/// the placeholder (`$n`) its value gets, so fragments can be combined
+/// without counting by hand.
+#[derive(Default)]
+pub(crate) struct Args<'a> {
+    pub vals: Vec<Val<'a>>,
+}
+
+impl<'a> Args<'a> {
+    pub fn push(&mut self, v: impl Into<Val<'a>>) -> String {
+        self.vals.push(v.into());
+        format!("${}", self.vals.len())
+    }
+}
+
+impl From<String> for Val<'_> {
+    fn from(v: String) -> Self {
+        Val::Owned(v)
+    }
 }
 
 impl<'a> From<i64> for Val<'a> {
@@ -65,6 +88,11 @@ pub(crate) trait Sql: Send {
         sql: &'a str,
         args: &'a [Val<'a>],
     ) -> BoxFuture<'a, Result<Vec<super::JobRow>>>;
+
+    /// Runs one statement returning one row of integers (counts); its
+    /// columns in order.
+    fn ints<'a>(&'a mut self, sql: &'a str, args: &'a [Val<'a>])
+        -> BoxFuture<'a, Result<Vec<i64>>>;
 
     /// Which database this is (PostgreSQL-only statements are skipped on
     /// SQLite).
@@ -106,9 +134,10 @@ fn bind_all<'q>(
     args: &'q [Val<'q>],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     for a in args {
-        q = match *a {
-            Val::I(v) => q.bind(v),
-            Val::T(v) => q.bind(v),
+        q = match a {
+            Val::I(v) => q.bind(*v),
+            Val::T(v) => q.bind(*v),
+            Val::Owned(v) => q.bind(v.as_str()),
             Val::Null => q.bind(None::<String>),
         };
     }
@@ -136,6 +165,21 @@ impl Sql for AnySql<'_> {
                 .await?
                 .iter()
                 .map(super::jobs::job_from)
+                .collect()
+        })
+    }
+
+    fn ints<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let row = bind_all(sqlx::query(sql), args)
+                .fetch_one(&mut *self.conn)
+                .await?;
+            (0..row.len())
+                .map(|i| Ok(row.try_get::<i64, _>(i)?))
                 .collect()
         })
     }
@@ -173,9 +217,10 @@ fn bind_lite(stmt: &mut rusqlite::Statement<'_>, args: &[Val<'_>]) -> Result<()>
                 args.len()
             )));
         };
-        match *v {
-            Val::I(x) => stmt.raw_bind_parameter(idx, x)?,
-            Val::T(x) => stmt.raw_bind_parameter(idx, x)?,
+        match v {
+            Val::I(x) => stmt.raw_bind_parameter(idx, *x)?,
+            Val::T(x) => stmt.raw_bind_parameter(idx, *x)?,
+            Val::Owned(x) => stmt.raw_bind_parameter(idx, x.as_str())?,
             Val::Null => stmt.raw_bind_parameter(idx, rusqlite::types::Null)?,
         }
     }
@@ -218,6 +263,17 @@ impl LiteSql<'_> {
         }
         Ok(out)
     }
+
+    fn ints_now(&self, sql: &str, args: &[Val<'_>]) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        bind_lite(&mut stmt, args)?;
+        let n = stmt.column_count();
+        let mut rows = stmt.raw_query();
+        let Some(row) = rows.next()? else {
+            return Err(StoreError::Sqlite("statement returned no row".into()));
+        };
+        (0..n).map(|i| Ok(row.get::<_, i64>(i)?)).collect()
+    }
 }
 
 impl Sql for LiteSql<'_> {
@@ -232,6 +288,15 @@ impl Sql for LiteSql<'_> {
         args: &'a [Val<'a>],
     ) -> BoxFuture<'a, Result<Vec<super::JobRow>>> {
         let r = self.jobs_now(sql, args);
+        Box::pin(std::future::ready(r))
+    }
+
+    fn ints<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        let r = self.ints_now(sql, args);
         Box::pin(std::future::ready(r))
     }
 
@@ -283,6 +348,21 @@ mod tests {
             .exec_now("INSERT INTO t (a, b) VALUES ($1, $2)", &[Val::I(1)])
             .unwrap_err();
         assert!(e.to_string().contains("$2"), "{e}");
+    }
+
+    #[test]
+    fn args_number_their_placeholders() {
+        let mut a = Args::default();
+        assert_eq!(a.push(5i64), "$1");
+        assert_eq!(a.push("x"), "$2");
+        assert_eq!(a.push(String::from("y")), "$3");
+        let mut c = lite();
+        let s = LiteSql { conn: &mut c };
+        assert_eq!(
+            s.ints_now("SELECT $1 + 1, length($2 || $3)", &a.vals)
+                .unwrap(),
+            vec![6, 2]
+        );
     }
 
     #[test]
