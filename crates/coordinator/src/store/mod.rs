@@ -45,6 +45,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database error (SQLite writer): {0}")]
     Sqlite(String),
+    #[error("database error (PostgreSQL writer): {0}")]
+    Postgres(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database has migration {0} applied, which this build of archipelago does not know: it was migrated by a newer (or another) build. Run that build, or point the coordinator at another database or schema")]
@@ -282,7 +284,15 @@ impl Store {
         })?;
         let writer = match (kind, file_path) {
             (DbKind::Sqlite, Some(path)) => writer::Writer::spawn_sqlite_thread(&path)?,
-            _ => writer::Writer::spawn(pool.clone(), kind == DbKind::Postgres),
+            (DbKind::Sqlite, None) => writer::Writer::spawn(pool.clone(), false),
+            (DbKind::Postgres, _) => {
+                writer::Writer::spawn_postgres(writer::PgTarget {
+                    url: cfg.url.clone(),
+                    schema: cfg.schema.clone(),
+                    synchronous_commit: cfg.synchronous_commit,
+                })
+                .await?
+            }
         };
         Ok(Store {
             writer,

@@ -189,6 +189,188 @@ impl Sql for AnySql<'_> {
     }
 }
 
+/// [`Sql`] over the PostgreSQL writer's own `tokio-postgres` connection,
+/// which pipelines: statements of several operations polled together go
+/// out back to back and the server answers them in order, so a batch costs
+/// about one round trip instead of one per statement. Each statement is
+/// sent typed (`query_typed`: parse, bind and execute in one message).
+pub(crate) struct PgSql<'c> {
+    pub client: &'c tokio_postgres::Client,
+    /// Statements this handle may still send; a batched operation gets one,
+    /// since a second statement would go out after later operations'
+    /// statements and so run out of order.
+    pub budget: Option<u32>,
+    /// Prepared statements by SQL text (the server plans each once). A
+    /// statement not prepared yet is sent unnamed (`query_typed`, which
+    /// keeps its place in the pipeline) and noted in `unprepared`, for the
+    /// writer to prepare between batches.
+    pub prepared: &'c PgStatements,
+    pub unprepared: Vec<(String, Vec<tokio_postgres::types::Type>)>,
+}
+
+/// The PostgreSQL writer's prepared statements, by SQL text.
+#[derive(Default)]
+pub(crate) struct PgStatements {
+    map: std::collections::HashMap<String, tokio_postgres::Statement>,
+}
+
+/// Distinct statements kept prepared (the job path has a few dozen).
+const MAX_PREPARED: usize = 256;
+
+impl PgStatements {
+    pub fn get(&self, sql: &str) -> Option<&tokio_postgres::Statement> {
+        self.map.get(sql)
+    }
+
+    /// Prepares `sql` with its parameter types (one round trip).
+    pub async fn prepare(
+        &mut self,
+        client: &tokio_postgres::Client,
+        sql: String,
+        types: &[tokio_postgres::types::Type],
+    ) -> Result<()> {
+        if self.map.len() >= MAX_PREPARED {
+            self.map.clear();
+        }
+        let stmt = client.prepare_typed(&sql, types).await?;
+        self.map.insert(sql, stmt);
+        Ok(())
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+const NULL_TEXT: Option<&str> = None;
+
+fn pg_params<'a>(
+    args: &'a [Val<'a>],
+) -> Vec<(
+    &'a (dyn tokio_postgres::types::ToSql + Sync),
+    tokio_postgres::types::Type,
+)> {
+    use tokio_postgres::types::Type;
+    args.iter()
+        .map(
+            |a| -> (&'a (dyn tokio_postgres::types::ToSql + Sync), Type) {
+                match a {
+                    Val::I(v) => (v, Type::INT8),
+                    Val::T(v) => (v, Type::TEXT),
+                    Val::Owned(v) => (v, Type::TEXT),
+                    Val::Null => (&NULL_TEXT, Type::TEXT),
+                }
+            },
+        )
+        .collect()
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+impl Columns for tokio_postgres::Row {
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+impl PgSql<'_> {
+    /// Runs `sql`: prepared if it is, else unnamed (and noted).
+    async fn run(&mut self, sql: &str, args: &[Val<'_>]) -> Result<tokio_postgres::RowStream> {
+        self.spend()?;
+        let params = pg_params(args);
+        if let Some(stmt) = self.prepared.get(sql) {
+            let values = params.iter().map(|(v, _)| *v);
+            return Ok(self.client.query_raw(stmt, values).await?);
+        }
+        if !self.unprepared.iter().any(|(s, _)| s == sql) {
+            self.unprepared.push((
+                sql.to_string(),
+                params.iter().map(|(_, t)| t.clone()).collect(),
+            ));
+        }
+        Ok(self.client.query_typed_raw(sql, params).await?)
+    }
+
+    async fn rows(&mut self, sql: &str, args: &[Val<'_>]) -> Result<Vec<tokio_postgres::Row>> {
+        let stream = self.run(sql, args).await?;
+        Ok(futures_util::TryStreamExt::try_collect(stream).await?)
+    }
+
+    fn spend(&mut self) -> Result<()> {
+        match &mut self.budget {
+            None => Ok(()),
+            Some(0) => Err(StoreError::Postgres(
+                "a batched writer operation sent a second statement; on PostgreSQL each must be one statement (it is re-run alone)".into(),
+            )),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Sql for PgSql<'_> {
+    fn exec<'a>(&'a mut self, sql: &'a str, args: &'a [Val<'a>]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let stream = self.run(sql, args).await?;
+            let mut stream = std::pin::pin!(stream);
+            while futures_util::TryStreamExt::try_next(&mut stream)
+                .await?
+                .is_some()
+            {}
+            Ok(stream.rows_affected().unwrap_or(0))
+        })
+    }
+
+    fn jobs<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<super::JobRow>>> {
+        Box::pin(async move {
+            self.rows(sql, args)
+                .await?
+                .iter()
+                .map(super::jobs::job_from)
+                .collect()
+        })
+    }
+
+    fn ints<'a>(
+        &'a mut self,
+        sql: &'a str,
+        args: &'a [Val<'a>],
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let rows = self.rows(sql, args).await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError::Postgres("statement returned no row".into()))?;
+            (0..row.len())
+                .map(|i| Ok(row.try_get::<_, i64>(i)?))
+                .collect()
+        })
+    }
+
+    fn is_postgres(&self) -> bool {
+        true
+    }
+}
+
 /// [`Sql`] over a synchronous SQLite connection: its futures are ready at
 /// once (the writer thread polls each exactly once).
 pub(crate) struct LiteSql<'c> {

@@ -25,8 +25,16 @@
 //!   second thread with its own connection, every [`CHECKPOINT_EVERY`], so
 //!   no commit on the job path ever waits for an fsync; SQLite's automatic
 //!   checkpoint is off on the store's connections.
-//! - PostgreSQL, or an in-memory SQLite (which a second connection cannot
-//!   see): a tokio task driving sqlx connections from the pool.
+//! - PostgreSQL: a tokio task with a `tokio-postgres` connection of its
+//!   own, which pipelines. A batch's `BEGIN` and its operations' statements
+//!   go out back to back and the server runs them in order, then one
+//!   `COMMIT`: about two round trips per batch, where sqlx (which cannot
+//!   pipeline) costs one per statement. So that pipelining cannot reorder
+//!   anything, every job-path operation is ONE statement on PostgreSQL
+//!   (`submit_pg`, `settle_pg`, the claim); a batched operation that sends a
+//!   second statement fails the batch, and runs alone.
+//! - An in-memory SQLite (which a second connection cannot see): a tokio
+//!   task driving the sqlx connection.
 //!
 //! An operation answers [`Txn::Commit`] or [`Txn::Rollback`]. A batch
 //! commits only when every operation in it wanted to commit; otherwise (or
@@ -47,7 +55,7 @@ use futures_util::future::BoxFuture;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{AnySql, LiteSql, Sql};
+use super::sql::{AnySql, LiteSql, PgSql, PgStatements, Sql};
 use super::{Result, StoreError};
 
 /// Most operations in one batch.
@@ -77,6 +85,16 @@ struct Request {
 enum Engine {
     Task(mpsc::UnboundedSender<Request>),
     Thread(std::sync::mpsc::Sender<Request>),
+    Pipeline(mpsc::UnboundedSender<Request>),
+}
+
+/// Where the PostgreSQL writer connects, and how it sets up its session.
+#[derive(Clone)]
+pub struct PgTarget {
+    pub url: String,
+    /// Already checked by [`super::check_schema_name`].
+    pub schema: Option<String>,
+    pub synchronous_commit: bool,
 }
 
 /// Handle to the writer.
@@ -94,6 +112,17 @@ impl Writer {
         Writer {
             engine: Engine::Task(tx),
         }
+    }
+
+    /// A group-committing, pipelining writer task on its own PostgreSQL
+    /// connection (made now, so a bad URL fails here; remade after a loss).
+    pub async fn spawn_postgres(target: PgTarget) -> Result<Writer> {
+        let client = pg_connect(&target).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_pipeline(target, client, rx));
+        Ok(Writer {
+            engine: Engine::Pipeline(tx),
+        })
     }
 
     /// A group-committing writer thread on its own connection to the
@@ -185,6 +214,7 @@ impl Writer {
         let sent = match &self.engine {
             Engine::Task(tx) => tx.send(req).is_ok(),
             Engine::Thread(tx) => tx.send(req).is_ok(),
+            Engine::Pipeline(tx) => tx.send(req).is_ok(),
         };
         if !sent {
             return Err(StoreError::Closed);
@@ -278,6 +308,207 @@ async fn task_autocommit(pool: &AnyPool, postgres: bool, op: &mut ErasedOp) -> R
         postgres,
     })
     .await?;
+    Ok(())
+}
+
+// ---- the pipeline engine (tokio-postgres)
+
+async fn pg_connect(t: &PgTarget) -> Result<tokio_postgres::Client> {
+    let config: tokio_postgres::Config = t
+        .url
+        .parse()
+        .map_err(|e| StoreError::BadUrl(format!("cannot parse database url: {e}")))?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL writer connection lost; it reconnects on the next write");
+        }
+    });
+    let mut setup = String::new();
+    if !t.synchronous_commit {
+        setup.push_str("SET synchronous_commit = off; ");
+    }
+    if let Some(schema) = &t.schema {
+        super::check_schema_name(schema)?;
+        setup.push_str(&format!("SET search_path TO {schema}; "));
+    }
+    if !setup.is_empty() {
+        client.batch_execute(&setup).await?;
+    }
+    Ok(client)
+}
+
+async fn run_pipeline(
+    target: PgTarget,
+    client: tokio_postgres::Client,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut client = Some(client);
+    let mut prepared = PgStatements::default();
+    let mut batch: Vec<Request> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            prepared.clear();
+            client = match pg_connect(&target).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL writer cannot connect; failing this batch");
+                    for r in batch.drain(..) {
+                        let _ = r.done.send(Err(StoreError::Postgres(format!(
+                            "the coordinator cannot reach PostgreSQL ({e}); retry shortly"
+                        ))));
+                    }
+                    continue;
+                }
+            };
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let mut unprepared = Vec::new();
+        let committed =
+            batch.len() > 1 && pipe_batch(c, &prepared, &mut batch, &mut unprepared).await;
+        if committed {
+            for r in batch.drain(..) {
+                let _ = r.done.send(Ok(()));
+            }
+        }
+        for mut r in batch.drain(..) {
+            let mut sql = PgSql {
+                client: c,
+                budget: None,
+                prepared: &prepared,
+                unprepared: Vec::new(),
+            };
+            let res = if r.single {
+                (r.op)(&mut sql).await.map(|_| ())
+            } else {
+                pipe_alone(c, &mut sql, &mut r.op).await
+            };
+            unprepared.append(&mut sql.unprepared);
+            let _ = r.done.send(res);
+        }
+        // Between batches: prepare what ran unnamed, so the server plans
+        // each statement once rather than on every use.
+        for (text, types) in unprepared {
+            if prepared.get(&text).is_none() {
+                if let Err(e) = prepared.prepare(c, text, &types).await {
+                    tracing::warn!(error = %e, "preparing a writer statement failed; it keeps running unnamed");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `first` and then each of `rest`, always in that order, until all
+/// are done: the first poll sends each one's statement, so they reach the
+/// server in batch order.
+async fn in_order<'f>(
+    first: impl Future<Output = Result<(), tokio_postgres::Error>>,
+    rest: Vec<BoxFuture<'f, Result<bool>>>,
+) -> (Result<()>, Vec<Result<bool>>) {
+    let mut first = std::pin::pin!(first);
+    let mut first_out: Option<Result<()>> = None;
+    let mut rest: Vec<Option<BoxFuture<'f, Result<bool>>>> = rest.into_iter().map(Some).collect();
+    let mut outs: Vec<Option<Result<bool>>> = (0..rest.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        if first_out.is_none() {
+            if let Poll::Ready(v) = first.as_mut().poll(cx) {
+                first_out = Some(v.map_err(StoreError::from));
+            }
+        }
+        let mut pending = first_out.is_none();
+        for (slot, out) in rest.iter_mut().zip(outs.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    let outs = outs
+        .into_iter()
+        .map(|o| o.unwrap_or(Err(StoreError::Closed)))
+        .collect();
+    (first_out.unwrap_or(Err(StoreError::Closed)), outs)
+}
+
+/// `BEGIN`, every operation's one statement, pipelined; then `COMMIT` if
+/// all asked to commit, else `ROLLBACK` (false). Statements that ran
+/// unnamed are added to `unprepared`.
+async fn pipe_batch(
+    c: &tokio_postgres::Client,
+    prepared: &PgStatements,
+    batch: &mut [Request],
+    unprepared: &mut Vec<(String, Vec<tokio_postgres::types::Type>)>,
+) -> bool {
+    let mut handles: Vec<PgSql> = batch
+        .iter()
+        .map(|_| PgSql {
+            client: c,
+            budget: Some(1),
+            prepared,
+            unprepared: Vec::new(),
+        })
+        .collect();
+    let ops: Vec<BoxFuture<'_, Result<bool>>> = batch
+        .iter_mut()
+        .zip(handles.iter_mut())
+        .map(|(r, h)| (r.op)(h))
+        .collect();
+    let (begun, outs) = in_order(c.batch_execute("BEGIN"), ops).await;
+    for h in &mut handles {
+        unprepared.append(&mut h.unprepared);
+    }
+    let all = begun.is_ok() && outs.iter().all(|o| matches!(o, Ok(true)));
+    if !all {
+        let _ = c.batch_execute("ROLLBACK").await;
+        return false;
+    }
+    match c.batch_execute("COMMIT").await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "group commit failed; retrying one by one");
+            false
+        }
+    }
+}
+
+/// One operation in a transaction of its own (`BEGIN` pipelined with its
+/// first statement).
+async fn pipe_alone(
+    c: &tokio_postgres::Client,
+    sql: &mut PgSql<'_>,
+    op: &mut ErasedOp,
+) -> Result<()> {
+    let (begun, mut outs) = in_order(c.batch_execute("BEGIN"), vec![op(sql)]).await;
+    let out = outs.pop().unwrap_or(Err(StoreError::Closed));
+    // BEGIN fails only on a broken connection, which the statement after
+    // it could not have used either.
+    begun?;
+    match out {
+        Ok(true) => c.batch_execute("COMMIT").await?,
+        Ok(false) => c.batch_execute("ROLLBACK").await?,
+        Err(e) => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
     Ok(())
 }
 
@@ -487,6 +718,95 @@ mod tests {
         assert!(put(&w, "a", 1).await.unwrap());
         assert_eq!(rows(&path), vec![("a".to_string(), 1)]);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// The PostgreSQL writer against the local server (as the API suite
+    /// uses: `ARCHIPELAGO_TEST_DATABASE_URL`), in a schema of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipeline_engine_runs_each_op_once_and_reruns_a_two_statement_op_alone() {
+        let url = std::env::var("ARCHIPELAGO_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!(
+            "w_{}",
+            crate::util::random_id("t")
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        );
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL for the writer test (scripts/ensure-postgres.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (k TEXT PRIMARY KEY, v BIGINT NOT NULL)"
+            ))
+            .await
+            .unwrap();
+        let w = Writer::spawn_postgres(PgTarget {
+            url: url.clone(),
+            schema: Some(schema.clone()),
+            synchronous_commit: false,
+        })
+        .await
+        .unwrap();
+        // Each op writes its own row; one sends two statements (allowed
+        // only when it runs alone, so its batch is re-run op by op).
+        let mut tasks = Vec::new();
+        for i in 0..30i64 {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                w.write(move |conn| {
+                    Box::pin(async move {
+                        let k = format!("k{i:02}");
+                        conn.exec(
+                            "INSERT INTO t (k, v) VALUES ($1, $2)",
+                            &[Val::T(&k), Val::I(i)],
+                        )
+                        .await?;
+                        if i == 7 {
+                            conn.exec("INSERT INTO t (k, v) VALUES ('two', 2)", &[])
+                                .await?;
+                        }
+                        Ok(Txn::Commit(()))
+                    })
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let rows = admin
+            .query(&format!("SELECT k, v FROM {schema}.t ORDER BY k"), &[])
+            .await
+            .unwrap();
+        let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        // Every op ran exactly once, the two-statement one included.
+        assert_eq!(got.len(), 31, "{got:?}");
+        assert_eq!(got[30], ("two".to_string(), 2));
+        assert!(got[..30]
+            .iter()
+            .enumerate()
+            .all(|(i, (k, v))| *k == format!("k{i:02}") && *v == i as i64));
+        admin
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn pipeline_engine_refuses_a_bad_url_at_start() {
+        let e = match Writer::spawn_postgres(PgTarget {
+            url: "postgres://nobody@127.0.0.1:1/none".into(),
+            schema: None,
+            synchronous_commit: true,
+        })
+        .await
+        {
+            Err(e) => e,
+            Ok(_) => panic!("connected to port 1"),
+        };
+        assert!(e.to_string().contains("PostgreSQL"), "{e}");
     }
 
     #[test]
