@@ -314,10 +314,14 @@ async fn task_autocommit(pool: &AnyPool, postgres: bool, op: &mut ErasedOp) -> R
 // ---- the pipeline engine (tokio-postgres)
 
 async fn pg_connect(t: &PgTarget) -> Result<tokio_postgres::Client> {
-    let config: tokio_postgres::Config = t
+    let mut config: tokio_postgres::Config = t
         .url
         .parse()
         .map_err(|e| StoreError::BadUrl(format!("cannot parse database url: {e}")))?;
+    // So operators can tell the writer's session apart in pg_stat_activity.
+    if config.get_application_name().is_none() {
+        config.application_name("archipelago-writer");
+    }
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
