@@ -842,37 +842,7 @@ impl Store {
         if changed != 1 || !insert_settlement(conn, &s.job_id, new_state, s.cost, s.now).await? {
             return Ok(Txn::Rollback(false));
         }
-        let acct = s.account_id.as_str();
-        let jid = Some(s.job_id.as_str());
-        post(
-            conn,
-            &[
-                Entry::new(
-                    Book::Held,
-                    Some(acct),
-                    jid,
-                    if s.succeeded { "charge" } else { "refund" },
-                    -s.hold,
-                ),
-                Entry::new(
-                    Book::Available,
-                    Some(acct),
-                    jid,
-                    if s.succeeded { "release" } else { "refund" },
-                    s.hold - s.cost,
-                ),
-                Entry::new(
-                    Book::Available,
-                    Some(&s.owner_account_id),
-                    jid,
-                    "earning",
-                    s.earned,
-                ),
-                Entry::new(Book::Platform, None, jid, "platform_fee", s.cost - s.earned),
-            ],
-            s.now,
-        )
-        .await?;
+        post(conn, &s.entries(), s.now).await?;
         let sql = if s.succeeded {
             "UPDATE islands SET succeeded = succeeded + 1 WHERE id = $1"
         } else {
@@ -913,33 +883,7 @@ impl Store {
                  ON CONFLICT DO NOTHING RETURNING job_id)"
             ),
         ];
-        let acct = s.account_id.as_str();
-        let jid = Some(s.job_id.as_str());
-        let entries = [
-            Entry::new(
-                Book::Held,
-                Some(acct),
-                jid,
-                if s.succeeded { "charge" } else { "refund" },
-                -s.hold,
-            ),
-            Entry::new(
-                Book::Available,
-                Some(acct),
-                jid,
-                if s.succeeded { "release" } else { "refund" },
-                s.hold - s.cost,
-            ),
-            Entry::new(
-                Book::Available,
-                Some(&s.owner_account_id),
-                jid,
-                "earning",
-                s.earned,
-            ),
-            Entry::new(Book::Platform, None, jid, "platform_fee", s.cost - s.earned),
-        ];
-        if let Some(p) = posting(&mut a, &entries, s.now)? {
+        if let Some(p) = posting(&mut a, &s.entries(), s.now)? {
             with.push(format!(
                 "l AS (INSERT INTO ledger_entries ({LEDGER_COLS}) SELECT v.* FROM (VALUES {}) AS v({LEDGER_COLS}) \
                  WHERE EXISTS (SELECT 1 FROM s))",
@@ -1346,6 +1290,47 @@ struct Settle {
     earned: i64,
     exec_ms: i64,
     now: i64,
+}
+
+impl Settle {
+    /// The settlement's ledger transaction: the hold is released, the cost
+    /// charged, the island owner's share earned and the rest the
+    /// platform's (on failure: all refunded).
+    fn entries(&self) -> [Entry<'_>; 4] {
+        let acct = Some(self.account_id.as_str());
+        let jid = Some(self.job_id.as_str());
+        let ok = self.succeeded;
+        [
+            Entry::new(
+                Book::Held,
+                acct,
+                jid,
+                if ok { "charge" } else { "refund" },
+                -self.hold,
+            ),
+            Entry::new(
+                Book::Available,
+                acct,
+                jid,
+                if ok { "release" } else { "refund" },
+                self.hold - self.cost,
+            ),
+            Entry::new(
+                Book::Available,
+                Some(&self.owner_account_id),
+                jid,
+                "earning",
+                self.earned,
+            ),
+            Entry::new(
+                Book::Platform,
+                None,
+                jid,
+                "platform_fee",
+                self.cost - self.earned,
+            ),
+        ]
+    }
 }
 
 /// A prepared claim: the statement and its arguments.

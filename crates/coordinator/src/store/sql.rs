@@ -108,20 +108,28 @@ pub(crate) trait Columns {
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
 }
 
-impl Columns for AnyRow {
-    fn int(&self, col: &str) -> Result<i64> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        Ok(self.try_get(col)?)
-    }
-    fn text(&self, col: &str) -> Result<String> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        Ok(self.try_get(col)?)
-    }
+/// [`Columns`] for a driver row type with a `try_get(column name)`.
+macro_rules! columns_by_try_get {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn int(&self, col: &str) -> Result<i64> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+                Ok(self.try_get(col)?)
+            }
+            fn text(&self, col: &str) -> Result<String> {
+                Ok(self.try_get(col)?)
+            }
+            fn opt_text(&self, col: &str) -> Result<Option<String>> {
+                Ok(self.try_get(col)?)
+            }
+        }
+    };
 }
+
+columns_by_try_get!(AnyRow);
+columns_by_try_get!(tokio_postgres::Row);
 
 /// [`Sql`] over a sqlx connection (PostgreSQL, or SQLite through sqlx).
 pub(crate) struct AnySql<'c> {
@@ -268,21 +276,6 @@ fn pg_params<'a>(
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Postgres(e.to_string())
-    }
-}
-
-impl Columns for tokio_postgres::Row {
-    fn int(&self, col: &str) -> Result<i64> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
-        Ok(self.try_get(col)?)
-    }
-    fn text(&self, col: &str) -> Result<String> {
-        Ok(self.try_get(col)?)
-    }
-    fn opt_text(&self, col: &str) -> Result<Option<String>> {
-        Ok(self.try_get(col)?)
     }
 }
 

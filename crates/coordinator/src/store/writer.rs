@@ -225,18 +225,27 @@ impl Writer {
     }
 }
 
+/// Waits for a request, then takes whatever else has queued meanwhile (up
+/// to [`MAX_BATCH`]) into `batch`; false once every handle is gone.
+async fn next_batch(rx: &mut mpsc::UnboundedReceiver<Request>, batch: &mut Vec<Request>) -> bool {
+    let Some(first) = rx.recv().await else {
+        return false;
+    };
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
 // ---- the task engine (sqlx)
 
 async fn run_task(pool: AnyPool, postgres: bool, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut batch: Vec<Request> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&mut rx, &mut batch).await {
         if batch.len() > 1 && task_batch(&pool, postgres, &mut batch).await {
             for r in batch.drain(..) {
                 let _ = r.done.send(Ok(()));
@@ -350,14 +359,7 @@ async fn run_pipeline(
     let mut client = Some(client);
     let mut prepared = PgStatements::default();
     let mut batch: Vec<Request> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+    while next_batch(&mut rx, &mut batch).await {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             prepared.clear();
             client = match pg_connect(&target).await {
