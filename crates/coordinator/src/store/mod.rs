@@ -1,19 +1,24 @@
 //! Storage: one schema, one migration set, two databases.
 //!
 //! SQLite (one file, WAL) is the zero-setup default; PostgreSQL lets several
-//! coordinator replicas share one database. Both are driven through sqlx's
-//! `Any` driver with SQL both accept (`$n` placeholders, `RETURNING`,
-//! `ON CONFLICT`), so the queries exist once. The two differences live here:
-//! job claims add `FOR UPDATE SKIP LOCKED` on PostgreSQL, and SQLite uses a
-//! single connection, which serialises writers without `SQLITE_BUSY`.
+//! coordinator replicas share one database. Most of the store is driven
+//! through sqlx's `Any` driver with SQL both accept (`$n` placeholders,
+//! `RETURNING`, `ON CONFLICT`), so those queries exist once; job claims add
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL. The job path (submit, claim,
+//! settle) is the exception, for speed: it runs in a group-commit writer
+//! per replica ([`writer`]) through a small trait ([`sql::Sql`]) that a
+//! synchronous SQLite connection on a thread of its own and a pipelining
+//! PostgreSQL connection implement, and on PostgreSQL submission and
+//! settlement are one statement each (`submit_pg`, `settle_pg`). On SQLite
+//! the store's other write transactions are `BEGIN IMMEDIATE`, so its two
+//! connections queue on the write lock instead of failing with
+//! `SQLITE_BUSY`.
 //!
 //! Every state change of a job and its ledger entries commit in one
 //! transaction, guarded by the state the change expects, so a job settles
-//! exactly once however often a result is posted or a replica crashes. The
-//! job path's transactions (submit, claim, settle) are group committed by
-//! one writer task per replica ([`writer`]), and on PostgreSQL replica
-//! wake-ups (`NOTIFY`) ride in the change's own transaction instead of
-//! costing a commit of their own.
+//! exactly once however often a result is posted or a replica crashes. On
+//! PostgreSQL replica wake-ups (`NOTIFY`) ride in the change's own
+//! transaction instead of costing a commit of their own.
 
 mod jobs;
 mod ledger;
