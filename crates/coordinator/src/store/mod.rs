@@ -148,6 +148,13 @@ pub fn migrator() -> Migrator {
                 Cow::Borrowed(include_str!("../../migrations/0002_he_keys.sql")),
                 false,
             ),
+            Migration::new(
+                3,
+                Cow::Borrowed("queued index"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0003_queued_index.sql")),
+                false,
+            ),
         ]),
         ..Migrator::DEFAULT
     }
