@@ -276,6 +276,8 @@ impl Store {
     }
 
     /// The submission's writes: idempotency key, job, hold, recipients.
+    /// Statement by statement on SQLite; one statement on PostgreSQL
+    /// ([`Store::submit_pg`], which also sends the replicas' wake-up).
     async fn submit_tx(
         &self,
         conn: &mut dyn Sql,
@@ -342,7 +344,6 @@ impl Store {
             sql.push_str(" ON CONFLICT DO NOTHING");
             conn.exec(&sql, &args).await?;
         }
-        self.notify_in(conn, "q", id).await?;
         Ok(Txn::Commit(Submitted::Created))
     }
 
@@ -421,7 +422,7 @@ impl Store {
         with.push(format!(
             "n AS MATERIALIZED (SELECT pg_notify({}, {}) FROM j)",
             a.push(self.channel()),
-            a.push(format!("{}:q:{id}", self.replica_id()))
+            a.push(self.notify_payload("q", id))
         ));
         let sql = format!(
             "WITH {} SELECT {idem_count}, (SELECT COUNT(*) FROM j), (SELECT COUNT(*) FROM n)",
@@ -811,6 +812,8 @@ impl Store {
     /// The settlement's writes: the job's final state (guarded by its
     /// lease), the settlement row, the ledger transaction, the island's
     /// counters. Rolled back (false) when the guard does not hold.
+    /// Statement by statement on SQLite; one statement on PostgreSQL
+    /// ([`Store::settle_pg`]).
     async fn settle_tx(&self, conn: &mut dyn Sql, s: &Settle) -> Result<Txn<bool>> {
         if conn.is_postgres() {
             return self.settle_pg(conn, s).await;
@@ -849,7 +852,6 @@ impl Store {
             "UPDATE islands SET failed = failed + 1 WHERE id = $1"
         };
         conn.exec(sql, &[Val::T(&s.island_id)]).await?;
-        self.notify_in(conn, "u", &s.job_id).await?;
         Ok(Txn::Commit(true))
     }
 
@@ -902,7 +904,7 @@ impl Store {
         with.push(format!(
             "n AS MATERIALIZED (SELECT pg_notify({}, {}) FROM s)",
             a.push(self.channel()),
-            a.push(format!("{}:u:{}", self.replica_id(), s.job_id))
+            a.push(self.notify_payload("u", &s.job_id))
         ));
         let sql = format!(
             "WITH {} SELECT (SELECT COUNT(*) FROM s), (SELECT COUNT(*) FROM n)",

@@ -370,19 +370,12 @@ impl Store {
         &self.replica_id
     }
 
-    /// PostgreSQL: queues `NOTIFY {replica}:{kind}:{id}` inside the
-    /// caller's transaction, so it goes out with the commit instead of
-    /// costing a commit of its own. Nothing on SQLite (one process).
-    async fn notify_in(&self, conn: &mut dyn sql::Sql, kind: &str, id: &str) -> Result<()> {
-        if conn.is_postgres() {
-            let (channel, payload) = (self.channel(), format!("{}:{kind}:{id}", self.replica_id));
-            conn.exec(
-                "SELECT pg_notify($1, $2)",
-                &[sql::Val::T(&channel), sql::Val::T(&payload)],
-            )
-            .await?;
-        }
-        Ok(())
+    /// The payload `{replica}:{kind}:{id}` of a NOTIFY that the job path's
+    /// PostgreSQL statements send inside their own transaction, so it goes
+    /// out with the commit instead of costing a commit of its own (SQLite
+    /// has one process and sends none).
+    fn notify_payload(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.replica_id)
     }
 
     /// The job path's [`sql::Sql`] view of a sqlx connection or transaction.

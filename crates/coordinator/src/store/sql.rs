@@ -1,18 +1,19 @@
-//! The job path's statements, written once for two ways of running them.
+//! The job path's statements, written once for three ways of running them.
 //!
 //! Submission, claim and settlement (and the ledger postings they make)
-//! run inside the group-commit writer ([`super::writer`]). On PostgreSQL
-//! (and an in-memory SQLite) the writer drives a sqlx connection. On a
-//! SQLite file it drives a synchronous `rusqlite` connection on a thread of
-//! its own: sqlx runs SQLite on a worker thread and hands every statement
-//! over a channel and back, two thread wake-ups per statement, which
-//! profiles showed to be most of the coordinator's CPU. A batch on the
-//! writer thread costs one hand-over in all.
+//! run inside the group-commit writer ([`super::writer`]). On a SQLite file
+//! it drives a synchronous `rusqlite` connection on a thread of its own
+//! ([`LiteSql`]): sqlx runs SQLite on a worker thread and hands every
+//! statement over a channel and back, two thread wake-ups per statement,
+//! which profiles showed to be most of the coordinator's CPU. On
+//! PostgreSQL it drives a `tokio-postgres` connection that pipelines
+//! ([`PgSql`]); an in-memory SQLite keeps sqlx ([`AnySql`]), as do the
+//! store's other transactions that post to the ledger.
 //!
 //! So the operations take `&mut dyn Sql`: the same SQL text (`$n`
 //! placeholders, which SQLite reads as named parameters `$1`, `$2`, …) and
-//! the same guards either way. [`Sql::exec`] answers rows affected;
-//! [`Sql::jobs`] runs a statement returning job rows.
+//! the same guards whichever runs them. [`Sql::exec`] answers rows
+//! affected, [`Sql::jobs`] job rows, [`Sql::ints`] one row of counts.
 
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyRow;
@@ -21,8 +22,8 @@ use sqlx::{AnyConnection, Row};
 use super::{Result, StoreError};
 
 /// A statement argument. Text NULLs only: no operation binds a NULL of
-/// another type (PostgreSQL would refuse a text NULL for an integer).
-#[derive(Debug, Clone)]
+/// another type (PostgreSQL would refuse a text NULL for an integer). No
+/// `Debug`: a value may be a job's input or output.
 pub(crate) enum Val<'a> {
     I(i64),
     T(&'a str),
@@ -200,8 +201,9 @@ impl Sql for AnySql<'_> {
 /// [`Sql`] over the PostgreSQL writer's own `tokio-postgres` connection,
 /// which pipelines: statements of several operations polled together go
 /// out back to back and the server answers them in order, so a batch costs
-/// about one round trip instead of one per statement. Each statement is
-/// sent typed (`query_typed`: parse, bind and execute in one message).
+/// about one round trip instead of one per statement. A statement runs
+/// prepared once the writer has prepared it, and until then typed and
+/// unnamed (`query_typed`: parse, bind and execute in one message).
 pub(crate) struct PgSql<'c> {
     pub client: &'c tokio_postgres::Client,
     /// Statements this handle may still send; a batched operation gets one,

@@ -11,7 +11,7 @@
 //! semantics (each operation sees every earlier one, in order; its writes
 //! commit atomically with the batch) and pays those costs once per batch.
 //!
-//! Two engines run the batches, behind the same [`Writer`]:
+//! Three engines run the batches, behind the same [`Writer`]:
 //! - a SQLite file: a thread of its own holding a synchronous `rusqlite`
 //!   connection to the same file. A batch costs one hand-over to that
 //!   thread and one answer per operation, however many statements it runs
@@ -81,18 +81,20 @@ struct Request {
     done: oneshot::Sender<Result<()>>,
 }
 
+/// Where requests go: a tokio task (sqlx or the PostgreSQL pipeline) or
+/// the SQLite writer thread.
 #[derive(Clone)]
 enum Engine {
     Task(mpsc::UnboundedSender<Request>),
     Thread(std::sync::mpsc::Sender<Request>),
-    Pipeline(mpsc::UnboundedSender<Request>),
 }
 
 /// Where the PostgreSQL writer connects, and how it sets up its session.
 #[derive(Clone)]
 pub struct PgTarget {
     pub url: String,
-    /// Already checked by [`super::check_schema_name`].
+    /// Spliced into `SET search_path`, so checked again at each connect
+    /// ([`super::check_schema_name`]).
     pub schema: Option<String>,
     pub synchronous_commit: bool,
 }
@@ -121,7 +123,7 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_pipeline(target, client, rx));
         Ok(Writer {
-            engine: Engine::Pipeline(tx),
+            engine: Engine::Task(tx),
         })
     }
 
@@ -214,7 +216,6 @@ impl Writer {
         let sent = match &self.engine {
             Engine::Task(tx) => tx.send(req).is_ok(),
             Engine::Thread(tx) => tx.send(req).is_ok(),
-            Engine::Pipeline(tx) => tx.send(req).is_ok(),
         };
         if !sent {
             return Err(StoreError::Closed);
@@ -356,14 +357,17 @@ async fn run_pipeline(
     client: tokio_postgres::Client,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut client = Some(client);
+    let mut client = client;
     let mut prepared = PgStatements::default();
     let mut batch: Vec<Request> = Vec::new();
     while next_batch(&mut rx, &mut batch).await {
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            prepared.clear();
-            client = match pg_connect(&target).await {
-                Ok(c) => Some(c),
+        if client.is_closed() {
+            match pg_connect(&target).await {
+                Ok(c) => {
+                    client = c;
+                    // Prepared statements die with their session.
+                    prepared.clear();
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "PostgreSQL writer cannot connect; failing this batch");
                     for r in batch.drain(..) {
@@ -373,9 +377,9 @@ async fn run_pipeline(
                     }
                     continue;
                 }
-            };
+            }
         }
-        let Some(c) = client.as_ref() else { continue };
+        let c = &client;
         let mut unprepared = Vec::new();
         let committed =
             batch.len() > 1 && pipe_batch(c, &prepared, &mut batch, &mut unprepared).await;
