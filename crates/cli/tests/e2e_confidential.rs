@@ -1003,7 +1003,9 @@ fn he_classify_without_tee_matches_plain_and_confidential() {
     let none = island_with_models(&net, "no-tee", "none");
     let none_id = none.id();
     let text = "I started this pill three months ago and my periods became irregular, with spotting and cramps (zq81).";
-    let secret_word = "zq81";
+    // Parentheses keep the needle out of the base64 and hex alphabets, so
+    // it cannot turn up by chance in the HE ciphertexts the files hold.
+    let secret_word = "(zq81)";
     // The client policy pins the sim enclave measured with the models.
     let models = archipelago_inference::ModelStore::from_env().unwrap();
     models

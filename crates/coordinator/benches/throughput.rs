@@ -272,6 +272,32 @@ impl Cpu {
     }
 }
 
+/// CPU seconds used so far by the local PostgreSQL server's processes
+/// (every process named `postgres`: backends, WAL writer, checkpointer,
+/// autovacuum), counting exited children through `cutime`/`cstime` of the
+/// postmaster. Linux only; 0 when the server runs elsewhere.
+fn postgres_cpu() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut secs = 0.0;
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != "postgres" {
+            continue;
+        }
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        secs += (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0;
+    }
+    secs
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -300,6 +326,7 @@ async fn run(
     let settled = Arc::new(AtomicUsize::new(0));
     let leased_at = Arc::new(Mutex::new(HashMap::new()));
     let cpu0 = Cpu::now();
+    let pg_cpu0 = postgres_cpu();
     let start = Instant::now();
     let mut workers = Vec::new();
     for t in &s.island_tokens {
@@ -341,6 +368,7 @@ async fn run(
     }
     let elapsed = start.elapsed();
     let cpu = Cpu::now().since(cpu0);
+    let pg_cpu = postgres_cpu() - pg_cpu0;
     let rate = jobs as f64 / elapsed.as_secs_f64();
     println!(
         "{name}: {jobs} jobs submitted→leased→settled in {:.2} s = {rate:.0} jobs/s (submission alone {:.0} jobs/s; {submitters} submitters, {} islands × 4 pollers, max_jobs {batch})",
@@ -357,6 +385,13 @@ async fn run(
         us(cpu.client),
         us(cpu.total)
     );
+    if pg && pg_cpu > 0.0 {
+        println!(
+            "{name}: CPU per job in the local PostgreSQL server: {:.0} µs ({:.2} of a core over the run)",
+            us(pg_cpu),
+            pg_cpu / elapsed.as_secs_f64()
+        );
+    }
 
     // ---- latency: idle islands waiting, one job at a time
     let settled = Arc::new(AtomicUsize::new(0));
