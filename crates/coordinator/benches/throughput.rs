@@ -239,16 +239,10 @@ impl Cpu {
             return c;
         };
         for e in dir.flatten() {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            let Some((comm, ticks)) = proc_stat(&e.path()) else {
                 continue;
             };
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let comm = &stat[open + 1..close];
-            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            // utime and stime, in clock ticks of 1/100 s
+            // utime and stime
             let secs = (ticks(11) + ticks(12)) / 100.0;
             if comm.starts_with("coord-srv") {
                 c.server += secs;
@@ -282,20 +276,29 @@ fn postgres_cpu() -> f64 {
     };
     let mut secs = 0.0;
     for e in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+        let Some((comm, ticks)) = proc_stat(&e.path()) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if &stat[open + 1..close] != "postgres" {
-            continue;
+        if comm == "postgres" {
+            // utime, stime, cutime, cstime
+            secs += (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0;
         }
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        secs += (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0;
     }
     secs
+}
+
+/// A process's or thread's name and its `stat` fields after the name, by
+/// index from 0 (= field 3, state), as clock ticks of 1/100 s where they
+/// are times; `None` when it has gone.
+fn proc_stat(dir: &std::path::Path) -> Option<(String, impl Fn(usize) -> f64)> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let comm = stat[open + 1..close].to_string();
+    let fields: Vec<f64> = stat[close + 1..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    Some((comm, move |i: usize| fields.get(i).copied().unwrap_or(0.0)))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
