@@ -632,7 +632,9 @@ fn confidential_round_trip_unaccepted_islands_replay_and_no_plaintext() {
         .iter()
         .all(|e| e.island_id != foreign_id && e.island_id != none_id));
 
-    let secret = "the patient's secret diagnosis 7f3a9c";
+    // The code word's `q` keeps it out of the hex alphabet, so the hex ids
+    // and hashes in the grepped files cannot match it by chance.
+    let secret = "the patient's secret diagnosis 7f3a9q";
     let chosen = [&keys[0], &keys[1]];
     let mut job_ids = Vec::new();
     for i in 0..4 {
@@ -714,7 +716,7 @@ fn confidential_round_trip_unaccepted_islands_replay_and_no_plaintext() {
         files.iter().any(|f| f.to_string_lossy().ends_with(".db")),
         "the SQLite database is among the grepped files"
     );
-    for needle in [secret, &secret.to_uppercase(), "7f3a9c", "7F3A9C"] {
+    for needle in [secret, &secret.to_uppercase(), "7f3a9q", "7F3A9Q"] {
         let hits = grep_files(&files, needle);
         assert!(hits.is_empty(), "plaintext {needle:?} found in {hits:?}");
     }
