@@ -6,6 +6,7 @@
 //! expects (`WHERE state IN (…) AND lease_id = …`); settlement inserts the
 //! job's row in `settlements`, whose primary key makes a second settlement
 //! impossible even if two replicas race.
+//!
 
 use sqlx::Row;
 
@@ -16,6 +17,21 @@ use super::sql::{Args, Columns, Sql, Val};
 use super::writer::Txn;
 use super::{Result, Store, StoreError};
 use crate::util::{now_ms, ordered_id, random_id};
+
+/// The guard of every statement that acts on a lease: this job, leased to
+/// this island under this lease, still in hand. The island is compared with
+/// `IS NOT DISTINCT FROM` (the same as `=` for the non-null ids given here),
+/// which no index serves, so the job is found by its primary key. With `=`,
+/// a PostgreSQL planner without statistics (a new table, or autovacuum off)
+/// prefers the small `jobs_active` index and walks every job the island
+/// holds, and every dead entry not yet vacuumed, on each renewal, chunk and
+/// settlement.
+fn leased(id: &str, island: &str, lease: &str) -> String {
+    format!(
+        "id = {id} AND island_id IS NOT DISTINCT FROM {island} AND lease_id = {lease} \
+         AND state IN ('assigned', 'running')"
+    )
+}
 
 /// Everything needed to enqueue a job (validated by the API layer).
 #[derive(Debug, Clone)]
@@ -646,7 +662,8 @@ impl Store {
         let state = if running { "'running'" } else { "state" };
         let row = sqlx::query(&format!(
             "UPDATE jobs SET lease_expires_at = $1, updated_at = $2, state = {state} \
-             WHERE id = $3 AND island_id = $4 AND lease_id = $5 AND state IN ('assigned', 'running') RETURNING {JOB_COLS}"
+             WHERE {} RETURNING {JOB_COLS}",
+            leased("$3", "$4", "$5")
         ))
         .bind(now + lease_ms)
         .bind(now)
@@ -668,9 +685,10 @@ impl Store {
         data: &str,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let ok = sqlx::query(
-            "SELECT id FROM jobs WHERE id = $1 AND island_id = $2 AND lease_id = $3 AND state IN ('assigned', 'running')",
-        )
+        let ok = sqlx::query(&format!(
+            "SELECT id FROM jobs WHERE {}",
+            leased("$1", "$2", "$3")
+        ))
         .bind(job_id)
         .bind(island_id)
         .bind(lease_id)
@@ -825,9 +843,11 @@ impl Store {
         };
         let changed = conn
             .exec(
-                "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
-                 lease_expires_at = NULL, updated_at = $7 \
-                 WHERE id = $8 AND island_id = $9 AND lease_id = $10 AND state IN ('assigned', 'running')",
+                &format!(
+                    "UPDATE jobs SET state = $1, output = $2, error_code = $3, error_message = $4, cost = $5, execution_ms = $6, \
+                     lease_expires_at = NULL, updated_at = $7 WHERE {}",
+                    leased("$8", "$9", "$10")
+                ),
                 &[
                     Val::T(new_state),
                     s.output.as_deref().into(),
@@ -872,13 +892,12 @@ impl Store {
             format!(
                 "u AS (UPDATE jobs SET state = {p_state}, output = {}, error_code = {}, error_message = {}, cost = {p_cost}, \
                  execution_ms = {}, lease_expires_at = NULL, updated_at = {p_now} \
-                 WHERE id = {} AND island_id = {p_island} AND lease_id = {} AND state IN ('assigned', 'running') RETURNING id)",
+                 WHERE {} RETURNING id)",
                 a.push(s.output.as_deref()),
                 a.push(code),
                 a.push(message),
                 a.push(s.exec_ms),
-                a.push(s.job_id.as_str()),
-                a.push(s.lease_id.as_str()),
+                leased(&a.push(s.job_id.as_str()), &p_island, &a.push(s.lease_id.as_str())),
             ),
             format!(
                 "s AS (INSERT INTO settlements (job_id, outcome, cost, created_at) SELECT id, {p_state}, {p_cost}, {p_now} FROM u \
@@ -1193,11 +1212,11 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.begin().await?;
-        let res = sqlx::query(
+        let res = sqlx::query(&format!(
             "UPDATE jobs SET state = 'queued', island_id = NULL, lease_id = NULL, lease_expires_at = NULL, \
-             leased_at = NULL, updated_at = $1 WHERE id = $2 AND island_id = $3 AND lease_id = $4 \
-             AND state IN ('assigned', 'running')",
-        )
+             leased_at = NULL, updated_at = $1 WHERE {}",
+            leased("$2", "$3", "$4")
+        ))
         .bind(now)
         .bind(job_id)
         .bind(island_id)
@@ -1425,6 +1444,56 @@ mod tests {
         // a partial credit rounds up, negative reports bill nothing
         assert_eq!(bill(&j, 1, 10_000), (1, 1));
         assert_eq!(bill(&j, -5, 10_000), (0, 0));
+    }
+
+    async fn plan(store: &Store, sql: &str) -> String {
+        let rows = sqlx::query(&format!("EXPLAIN {sql}"))
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// On a new PostgreSQL table (no statistics, as with autovacuum off)
+    /// a lease-guarded statement finds its job by primary key, and an
+    /// island's capacity count reads only its jobs in hand (`jobs_active`):
+    /// the planner once chose an index over the island's whole history for
+    /// both, which made each settlement and claim slower with every job.
+    #[tokio::test]
+    async fn lease_lookups_and_capacity_counts_do_not_walk_an_islands_history() {
+        let url = std::env::var("ARCHIPELAGO_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!(
+            "t_{}",
+            random_id("p")
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        );
+        let cfg = crate::store::DbConfig {
+            url: url.clone(),
+            schema: Some(schema.clone()),
+            max_connections: 2,
+            synchronous_commit: false,
+        };
+        let store = Store::connect(&cfg)
+            .await
+            .expect("PostgreSQL for the store test (scripts/ensure-postgres.sh)");
+        let guard = plan(
+            &store,
+            &format!("SELECT id FROM jobs WHERE {}", leased("'j'", "'i'", "'l'")),
+        )
+        .await;
+        let count = plan(
+            &store,
+            "SELECT COUNT(*) FROM jobs k WHERE k.island_id = 'i' AND k.state IN ('assigned', 'running')",
+        )
+        .await;
+        Store::drop_schema(&url, &schema).await.unwrap();
+        assert!(guard.contains("jobs_pkey"), "{guard}");
+        assert!(count.contains("jobs_active"), "{count}");
     }
 
     #[test]

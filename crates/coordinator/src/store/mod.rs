@@ -155,6 +155,13 @@ pub fn migrator() -> Migrator {
                 Cow::Borrowed(include_str!("../../migrations/0003_queued_index.sql")),
                 false,
             ),
+            Migration::new(
+                4,
+                Cow::Borrowed("active job indexes"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/0004_active_job_indexes.sql")),
+                false,
+            ),
         ]),
         ..Migrator::DEFAULT
     }
