@@ -4,9 +4,11 @@
 //! island (`archipelago island --tee sim`, supervising its
 //! `archipelago-enclave`), both with the real models.
 //!
-//! Each round runs, interleaved (the order rotates every round), the same
-//! MiniLM classify job and the same short greedy chat job, plain and
-//! confidential. Plain: submit → result. Confidential: seal (recipients
+//! The same MiniLM classify job and the same short greedy chat job run
+//! plain and confidential in pairs, one pair per round, the order
+//! alternating; classify gets many more rounds (`BENCH_CLASSIFY_ROUNDS`,
+//! default 200) than chat (`BENCH_ROUNDS`, default 10), because a ~10 ms job
+//! varies by more than its 3 % goal from one sample to the next. Plain: submit → result. Confidential: seal (recipients
 //! verified with the client's own policy) → submit → result → open and
 //! authenticate. Both wait for the result the same way (the SDK follows
 //! the job's SSE stream). The client-side seal and open are timed, and the
@@ -15,10 +17,13 @@
 //!
 //! ```sh
 //! cargo bench -p archipelago --profile dev --bench job_e2e
-//! BENCH_ROUNDS=20 BENCH_CHAT_TOKENS=32 cargo bench -p archipelago --profile dev --bench job_e2e
+//! BENCH_ROUNDS=20 BENCH_CLASSIFY_ROUNDS=400 BENCH_CHAT_TOKENS=32 cargo bench -p archipelago --bench job_e2e
 //! ```
 //!
 //! Needs the models (`scripts/fetch-models.sh`). Prints a Markdown table.
+//! `BENCH_SAMPLES=FILE` also writes the raw classify samples as CSV;
+//! `BENCH_KEEP_LOGS=1` keeps the processes' logs (named at the end), and
+//! `BENCH_LOG` sets their filter (default `info`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -63,7 +68,10 @@ fn spawn(mut cmd: Command, log: &Path) -> Result<Proc> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(f))
-        .env("ARCHIPELAGO_LOG", "info");
+        .env(
+            "ARCHIPELAGO_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
+        );
     Ok(Proc(cmd.spawn().context("spawning")?))
 }
 
@@ -123,6 +131,8 @@ struct Samples {
     /// The island's measured execution time (ms), plain and confidential.
     exec_plain: Vec<f64>,
     exec_conf: Vec<f64>,
+    /// confidential / plain of each round's pair.
+    pair_ratio: Vec<f64>,
     input_len: usize,
     output_len: usize,
 }
@@ -133,6 +143,11 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let classify_rounds: usize = std::env::var("BENCH_CLASSIFY_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+        .max(1);
     let chat_tokens: usize = std::env::var("BENCH_CHAT_TOKENS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -220,10 +235,10 @@ fn main() -> Result<()> {
         Keystore::open(dir.join("keys"))?,
         policy,
     );
-    let result = rt.block_on(run(&session, rounds, chat_tokens));
+    let result = rt.block_on(run(&session, rounds.max(1), classify_rounds, chat_tokens));
     drop(_island);
     drop(_coordinator);
-    if result.is_ok() {
+    if result.is_ok() && std::env::var_os("BENCH_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         eprintln!("logs kept in {}", dir.display());
@@ -231,7 +246,12 @@ fn main() -> Result<()> {
     result
 }
 
-async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()> {
+async fn run(
+    session: &Session,
+    rounds: usize,
+    classify_rounds: usize,
+    chat_tokens: usize,
+) -> Result<()> {
     // Wait for the island's enclave key to be attested and accepted.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
@@ -249,6 +269,15 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
     let key = session.load_key(meta.key_id.as_str())?;
     let classify_in =
         json!({"text": "The battery died after two days and support never answered my emails."});
+    // The product page's "classify this patient record": long enough that
+    // the model alone takes ~15 ms here, the job size issue 5's 1.03 goal
+    // is stated for.
+    let record_in = json!({"text": "Patient, 54, type 2 diabetes for nine years, started on metformin \
+        500 mg twice daily after her HbA1c rose to 8.1 %. Reports nausea and loose stools during the first \
+        three weeks, now resolved when the dose is taken with meals. Fasting glucose readings have come down \
+        from around 180 to 130 mg/dL, weight is down four pounds, and she says her energy in the afternoon is \
+        much better. No episodes of low blood sugar. She is worried about the long-term effect on her kidneys \
+        and asks whether the dose can be increased to reach her target faster."});
     let chat_in = json!({"prompt": "Name three colours of the rainbow.", "max_tokens": chat_tokens, "temperature": 0.0, "seed": 1});
     let timeout = Duration::from_secs(600);
 
@@ -290,11 +319,14 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
     };
 
     let classify_bytes = serde_json::to_vec(&classify_in)?;
+    let record_bytes = serde_json::to_vec(&record_in)?;
     let chat_bytes = serde_json::to_vec(&chat_in)?;
     eprintln!("warming up (model loads in the island and in the enclave)…");
     for _ in 0..2 {
         plain(CLASSIFY, classify_in.clone()).await?;
         conf(CLASSIFY, classify_bytes.clone()).await?;
+        plain(CLASSIFY, record_in.clone()).await?;
+        conf(CLASSIFY, record_bytes.clone()).await?;
         plain(CHAT, chat_in.clone()).await?;
         conf(CHAT, chat_bytes.clone()).await?;
     }
@@ -302,58 +334,90 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
         input_len: classify_bytes.len(),
         ..Default::default()
     };
+    let mut record = Samples {
+        input_len: record_bytes.len(),
+        ..Default::default()
+    };
     let mut chat = Samples {
         input_len: chat_bytes.len(),
         ..Default::default()
     };
-    for round in 0..rounds {
-        // Rotate the order so neither mode always runs first.
-        for step in 0..4 {
-            match (step + round) % 4 {
-                0 => {
-                    let (t, e) = plain(CLASSIFY, classify_in.clone()).await?;
-                    classify.plain.push(ms(t));
-                    classify.exec_plain.push(e);
+    // One round: a plain and a confidential job back to back, the order
+    // alternating; the pair's ratio is kept as well as the times.
+    macro_rules! pairs {
+        ($rounds:expr, $w:expr, $json:expr, $bytes:expr, $s:expr, $label:expr) => {
+            for round in 0..$rounds {
+                for step in 0..2 {
+                    if (step + round) % 2 == 0 {
+                        let (t, e) = plain($w, $json.clone()).await?;
+                        $s.plain.push(ms(t));
+                        $s.exec_plain.push(e);
+                    } else {
+                        let (t, s, o, n, e) = conf($w, $bytes.clone()).await?;
+                        $s.conf.push(ms(t));
+                        $s.exec_conf.push(e);
+                        $s.seal.push(ms(s));
+                        $s.open.push(ms(o));
+                        $s.output_len = n;
+                    }
                 }
-                1 => {
-                    let (t, s, o, n, e) = conf(CLASSIFY, classify_bytes.clone()).await?;
-                    classify.conf.push(ms(t));
-                    classify.exec_conf.push(e);
-                    classify.seal.push(ms(s));
-                    classify.open.push(ms(o));
-                    classify.output_len = n;
-                }
-                2 => {
-                    let (t, e) = plain(CHAT, chat_in.clone()).await?;
-                    chat.plain.push(ms(t));
-                    chat.exec_plain.push(e);
-                }
-                _ => {
-                    let (t, s, o, n, e) = conf(CHAT, chat_bytes.clone()).await?;
-                    chat.conf.push(ms(t));
-                    chat.exec_conf.push(e);
-                    chat.seal.push(ms(s));
-                    chat.open.push(ms(o));
-                    chat.output_len = n;
-                }
+                let n = $s.conf.len();
+                $s.pair_ratio.push($s.conf[n - 1] / $s.plain[n - 1]);
+            }
+            eprintln!("{}: {} rounds done", $label, $rounds);
+        };
+    }
+    // Classify is short, so its plain time moves by more than the 3 % goal
+    // from one sample to the next: it gets many rounds.
+    pairs!(
+        classify_rounds,
+        CLASSIFY,
+        classify_in,
+        classify_bytes,
+        classify,
+        "classify"
+    );
+    pairs!(
+        classify_rounds,
+        CLASSIFY,
+        record_in,
+        record_bytes,
+        record,
+        "classify (record)"
+    );
+    if let Ok(path) = std::env::var("BENCH_SAMPLES") {
+        // Raw classify samples, one line per round, for looking at the
+        // distribution: job, plain ms, confidential ms, seal ms, open ms.
+        let mut csv = String::from("job,plain_ms,confidential_ms,seal_ms,open_ms\n");
+        for (name, s) in [("sentence", &classify), ("record", &record)] {
+            for i in 0..s.conf.len() {
+                csv.push_str(&format!(
+                    "{name},{:.3},{:.3},{:.3},{:.3}\n",
+                    s.plain[i], s.conf[i], s.seal[i], s.open[i]
+                ));
             }
         }
-        eprintln!("round {}/{rounds} done", round + 1);
+        std::fs::write(&path, csv).with_context(|| format!("writing {path}"))?;
     }
+    pairs!(rounds, CHAT, chat_in, chat_bytes, chat, "chat");
 
-    println!("| job | plain median | confidential median | ratio | client seal (incl. recipient check) | client open | enclave open + seal (in-process) | crypto share of plain |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| job | rounds | plain median | confidential median | ratio of medians | median ratio per round (IQR) | client seal (incl. recipient check) | client open | enclave open + seal (in-process) | crypto share of plain |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, s) in [
-        ("classify (MiniLM)", &mut classify),
+        ("classify (MiniLM), one sentence", &mut classify),
+        ("classify (MiniLM), patient record", &mut record),
         (&*format!("chat ({chat_tokens} tokens, greedy)"), &mut chat),
     ] {
         let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len);
+        let n = s.pair_ratio.len();
         let p = median(&mut s.plain);
         let c = median(&mut s.conf);
+        let r = median(&mut s.pair_ratio);
+        let (q1, q3) = (s.pair_ratio[n / 4], s.pair_ratio[(3 * n) / 4]);
         let seal = median(&mut s.seal);
         let open = median(&mut s.open);
         println!(
-            "| {name} | {p:.1} ms | {c:.1} ms | {:.3} | {seal:.2} ms | {open:.2} ms | {enclave_ms:.2} ms | {:.1} % |",
+            "| {name} | {n} | {p:.2} ms | {c:.2} ms | {:.3} | {r:.3} ({q1:.3}–{q3:.3}) | {seal:.2} ms | {open:.2} ms | {enclave_ms:.2} ms | {:.1} % |",
             c / p,
             100.0 * (seal + open + enclave_ms) / p
         );
@@ -361,14 +425,18 @@ async fn run(session: &Session, rounds: usize, chat_tokens: usize) -> Result<()>
     println!(
         "\n| job | island execution_ms, plain | confidential (enclave round trip) |\n|---|---|---|"
     );
-    for (name, s) in [("classify", &mut classify), ("chat", &mut chat)] {
+    for (name, s) in [
+        ("classify, sentence", &mut classify),
+        ("classify, record", &mut record),
+        ("chat", &mut chat),
+    ] {
         println!(
             "| {name} | {:.1} ms | {:.1} ms |",
             median(&mut s.exec_plain),
             median(&mut s.exec_conf)
         );
     }
-    println!("\n{rounds} rounds, each mode once per round, order rotated; medians.");
+    println!("\nclassify {classify_rounds} rounds, chat {rounds}; each round one plain and one confidential job, order alternating; medians.");
     Ok(())
 }
 

@@ -4,13 +4,14 @@
 //! response — checking it was written by one of the chosen enclaves for
 //! this very request — and decrypt.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use archipelago_attest::Policy;
 use archipelago_proto::api::{EncryptedPayload, Job, SubmitJobRequest, MODE_TEE};
 use archipelago_proto::envelope::{
-    open_response, peek_response_header, seal_request, ChunkKind, RequestBody, RequestId,
-    ResponseOpener, MAX_ENVELOPE_LEN,
+    open_response, peek_response_header, seal_request_prepared, ChunkKind, PreparedWrap,
+    RequestBody, RequestId, ResponseOpener, MAX_ENVELOPE_LEN,
 };
 use archipelago_proto::{b64, KeyId, PublicKey, SecretKey};
 use futures_util::StreamExt;
@@ -348,6 +349,103 @@ pub struct Session {
     /// its public material, ~4 ms), each with the stamp of the key file it
     /// came from: a changed or deleted file is read again.
     pub(crate) he_secrets: std::sync::Mutex<Vec<crate::he::CachedHeKey>>,
+    /// Wrap contexts prepared ahead of time for the enclaves this session
+    /// seals to (see [`WrapPool`]).
+    wraps: WrapPool,
+}
+
+/// Wrap contexts ([`PreparedWrap`]) set up ahead for the enclave keys this
+/// session seals to. A seal takes one per recipient (or, with none ready,
+/// sets one up inline) and asks the pool's thread to prepare replacements,
+/// so a session that keeps sealing to the same enclaves does the requests'
+/// public-key work between jobs rather than on their critical path. Each
+/// context is used once; a key's contexts are dropped (and zeroized) when
+/// the session forgets its recipients or ends.
+struct WrapPool {
+    ready: Arc<std::sync::Mutex<std::collections::HashMap<PublicKey, Vec<PreparedWrap>>>>,
+    /// To the preparing thread, started on first use; it ends with the session.
+    worker: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<PublicKey>>>>,
+}
+
+/// Most contexts kept ready per enclave key, and most keys with any.
+const WRAPS_PER_KEY: usize = 2;
+const WRAP_KEYS: usize = 64;
+
+impl WrapPool {
+    fn new() -> WrapPool {
+        WrapPool {
+            ready: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+            worker: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// One context per recipient, in order: a prepared one where ready.
+    fn take(&self, recipients: &[PublicKey]) -> Result<Vec<PreparedWrap>, ClientError> {
+        let mut out = Vec::with_capacity(recipients.len());
+        for pk in recipients {
+            let ready = self
+                .ready
+                .lock()
+                .ok()
+                .and_then(|mut m| m.get_mut(pk).and_then(|v| v.pop()));
+            out.push(match ready {
+                Some(w) => w,
+                None => PreparedWrap::new(pk)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Asks the thread to top up these keys' contexts.
+    fn refill(&self, recipients: &[PublicKey]) {
+        let Ok(mut worker) = self.worker.lock() else {
+            return;
+        };
+        if let Some(tx) = worker.as_ref() {
+            if tx.send(recipients.to_vec()).is_ok() {
+                return;
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<PublicKey>>();
+        let ready = Arc::downgrade(&self.ready);
+        let started = std::thread::Builder::new()
+            .name("envelope-wraps".into())
+            .spawn(move || {
+                while let Ok(keys) = rx.recv() {
+                    let Some(ready) = ready.upgrade() else {
+                        return;
+                    };
+                    for pk in keys {
+                        let have = ready.lock().map(|m| m.get(&pk).map_or(0, Vec::len));
+                        let Ok(have) = have else { return };
+                        for _ in have..WRAPS_PER_KEY {
+                            let Ok(w) = PreparedWrap::new(&pk) else { break };
+                            let Ok(mut m) = ready.lock() else { return };
+                            if m.len() >= WRAP_KEYS && !m.contains_key(&pk) {
+                                // Keys this session no longer seals to go first.
+                                m.retain(|_, v| !v.is_empty());
+                                if m.len() >= WRAP_KEYS {
+                                    break;
+                                }
+                            }
+                            let v = m.entry(pk).or_default();
+                            if v.len() < WRAPS_PER_KEY {
+                                v.push(w);
+                            }
+                        }
+                    }
+                }
+            });
+        if started.is_ok() && tx.send(recipients.to_vec()).is_ok() {
+            *worker = Some(tx);
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut m) = self.ready.lock() {
+            m.clear();
+        }
+    }
 }
 
 /// Asks the user for the passphrase of a sealed key (the CLI reads it from
@@ -387,6 +485,7 @@ impl Session {
             verified: std::sync::Mutex::new(Vec::new()),
             registered: std::sync::Mutex::new(std::collections::HashSet::new()),
             he_secrets: std::sync::Mutex::new(Vec::new()),
+            wraps: WrapPool::new(),
         }
     }
 
@@ -568,6 +667,7 @@ impl Session {
         if let Ok(mut cache) = self.verified.lock() {
             cache.clear();
         }
+        self.wraps.clear();
     }
 
     /// Seals `input` for `workload_id` (None: unbound, see
@@ -601,7 +701,8 @@ impl Session {
         let workload = workload_id.map(|w| w as u64).unwrap_or(UNBOUND_WORKLOAD);
         let body = RequestBody::new(workload, input.to_vec(), key.public());
         let pks: Vec<PublicKey> = recipients.iter().map(|r| r.public_key).collect();
-        let envelope = seal_request(&body, &pks)?;
+        let envelope = seal_request_prepared(&body, self.wraps.take(&pks)?)?;
+        self.wraps.refill(&pks);
         let sealed = Sealed {
             envelope,
             request_id: body.request_id,
@@ -975,6 +1076,29 @@ mod tests {
             .seal_to(Some(5), br#"{"text":"hi"}"#, &ck, a.accepted)
             .unwrap();
         (ck, ek, sealed, s)
+    }
+
+    /// The pool's thread prepares wrap contexts after a seal asks for them;
+    /// a seal then takes one (each once), and forgetting the recipients
+    /// drops them.
+    #[test]
+    fn wrap_pool_prepares_replacements_off_the_seal_path() {
+        let pool = WrapPool::new();
+        let k = SecretKey::generate().public();
+        let ready = |pool: &WrapPool| pool.ready.lock().unwrap().get(&k).map_or(0, Vec::len);
+        // Nothing prepared yet: set up inline.
+        assert_eq!(pool.take(&[k]).unwrap()[0].recipient(), &k);
+        pool.refill(&[k]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ready(&pool) < WRAPS_PER_KEY {
+            assert!(Instant::now() < deadline, "no wraps prepared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let taken = pool.take(&[k]).unwrap();
+        assert_eq!(taken[0].recipient(), &k);
+        assert_eq!(ready(&pool), WRAPS_PER_KEY - 1);
+        pool.clear();
+        assert_eq!(ready(&pool), 0);
     }
 
     #[test]

@@ -23,8 +23,8 @@ mod request;
 mod response;
 
 pub use request::{
-    open_request, peek_header, seal_request, seal_request_with_rng, Expectations, HeaderView,
-    OpenedRequest, RequestBody,
+    open_request, peek_header, seal_request, seal_request_prepared, seal_request_with_rng,
+    Expectations, HeaderView, OpenedRequest, PreparedWrap, RequestBody,
 };
 pub use response::{
     open_response, peek_response_header, seal_response, Chunk, ChunkKind, ResponseHeaderView,

@@ -233,62 +233,149 @@ pub fn seal_request_with_rng(
     recipients: &[PublicKey],
     rng: &mut impl CryptoRng,
 ) -> Result<Vec<u8>, EnvelopeError> {
-    if recipients.is_empty() {
+    check_recipients(recipients.len())?;
+    let content_key = content_key(rng);
+    let wraps = recipients
+        .iter()
+        .map(|pk| PreparedWrap::new_with_rng(pk, rng))
+        .collect::<Result<Vec<_>, _>>()?;
+    seal_with(body, &content_key, wraps)
+}
+
+/// One recipient's HPKE sender context (`SetupBaseS` with the wrap info),
+/// set up before the request it will carry a content key for. The setup is
+/// all of a wrap's public-key work (an X25519 key generation and one
+/// Diffie-Hellman) and depends only on the recipient's key, so a client
+/// can do it while idle and seal the next request with
+/// [`seal_request_prepared`] without any. Used once: sealing consumes it,
+/// so no two requests share an ephemeral key. The context's keys are
+/// zeroized on drop; `Debug` shows only the recipient.
+pub struct PreparedWrap {
+    recipient: PublicKey,
+    enc: [u8; ENC_LEN],
+    ctx: hpke::aead::AeadCtxS<Aead, Kdf, Kem>,
+}
+
+impl PreparedWrap {
+    /// A fresh wrap context for `recipient` from the OS CSPRNG.
+    pub fn new(recipient: &PublicKey) -> Result<PreparedWrap, EnvelopeError> {
+        Self::new_with_rng(recipient, &mut super::os_rng())
+    }
+
+    /// As [`PreparedWrap::new`]; draws the 32-byte HPKE `ikmE` from `rng`.
+    pub fn new_with_rng(
+        recipient: &PublicKey,
+        rng: &mut impl CryptoRng,
+    ) -> Result<PreparedWrap, EnvelopeError> {
+        let pk = recipient
+            .to_kem()
+            .map_err(|_| EnvelopeError::BadPublicKey)?;
+        let (enc, ctx) =
+            hpke::setup_sender_with_rng::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, INFO_WRAP, rng)
+                .map_err(|_| EnvelopeError::SealFailed)?;
+        let enc: [u8; ENC_LEN] = enc
+            .to_bytes()
+            .as_slice()
+            .try_into()
+            .map_err(|_| EnvelopeError::SealFailed)?;
+        Ok(PreparedWrap {
+            recipient: *recipient,
+            enc,
+            ctx,
+        })
+    }
+
+    /// The enclave key this wrap is for.
+    pub fn recipient(&self) -> &PublicKey {
+        &self.recipient
+    }
+}
+
+impl fmt::Debug for PreparedWrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedWrap")
+            .field("recipient", &KeyId::enclave(&self.recipient.0).to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seals `body` with wrap contexts set up beforehand ([`PreparedWrap`]),
+/// one per recipient in the order given, and a fresh content key from the
+/// OS CSPRNG: the same bytes on the wire as [`seal_request`], without its
+/// per-recipient public-key work.
+pub fn seal_request_prepared(
+    body: &RequestBody,
+    wraps: Vec<PreparedWrap>,
+) -> Result<Vec<u8>, EnvelopeError> {
+    check_recipients(wraps.len())?;
+    seal_with(body, &content_key(&mut super::os_rng()), wraps)
+}
+
+fn content_key(rng: &mut impl CryptoRng) -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(key.as_mut());
+    key
+}
+
+fn check_recipients(count: usize) -> Result<(), EnvelopeError> {
+    if count == 0 {
         return Err(EnvelopeError::NoRecipients);
     }
-    if recipients.len() > MAX_RECIPIENTS {
+    if count > MAX_RECIPIENTS {
         return Err(EnvelopeError::TooManyRecipients {
-            count: recipients.len(),
+            count,
             max: MAX_RECIPIENTS,
         });
     }
+    Ok(())
+}
+
+fn seal_with(
+    body: &RequestBody,
+    content_key: &[u8; 32],
+    wraps: Vec<PreparedWrap>,
+) -> Result<Vec<u8>, EnvelopeError> {
+    check_recipients(wraps.len())?;
     if body.input.len() > MAX_INPUT_LEN {
         return Err(EnvelopeError::InputTooLarge {
             len: body.input.len(),
             max: MAX_INPUT_LEN,
         });
     }
-    let ids: Vec<KeyId> = recipients.iter().map(|pk| KeyId::enclave(&pk.0)).collect();
+    let ids: Vec<KeyId> = wraps
+        .iter()
+        .map(|w| KeyId::enclave(&w.recipient.0))
+        .collect();
     for (i, id) in ids.iter().enumerate() {
         if ids[..i].contains(id) {
             return Err(EnvelopeError::DuplicateRecipient(id.to_string()));
         }
     }
 
-    let mut content_key = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(content_key.as_mut());
-
     let plaintext = body.encode();
     let body_len = plaintext.len() + TAG_LEN;
-    let mut out =
-        Vec::with_capacity(80 + recipients.len() * (30 + ENC_LEN + WRAPPED_LEN) + body_len);
+    let mut out = Vec::with_capacity(80 + wraps.len() * (30 + ENC_LEN + WRAPPED_LEN) + body_len);
     put_preamble(&mut out, KIND_REQUEST);
     out.extend_from_slice(&body.workload_id.to_be_bytes());
     put_key_id(&mut out, &KeyId::client(&body.response_key.0));
-    out.push(recipients.len() as u8);
+    out.push(wraps.len() as u8);
     for id in &ids {
         put_key_id(&mut out, id);
     }
     let core_end = out.len();
-    for pk in recipients {
-        let pk = pk.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let (enc, wrapped) = hpke::single_shot_seal_with_rng::<Aead, Kdf, Kem>(
-            &OpModeS::Base,
-            &pk,
-            INFO_WRAP,
-            content_key.as_ref(),
-            &out[..core_end],
-            rng,
-        )
-        .map_err(|_| EnvelopeError::SealFailed)?;
-        out.extend_from_slice(&enc.to_bytes());
+    for mut w in wraps {
+        // A single-shot HPKE seal is this context's first (sequence 0) seal.
+        let wrapped = w
+            .ctx
+            .seal(content_key, &out[..core_end])
+            .map_err(|_| EnvelopeError::SealFailed)?;
+        out.extend_from_slice(&w.enc);
         out.extend_from_slice(&wrapped);
     }
     out.extend_from_slice(&(body_len as u32).to_be_bytes());
     let header_end = out.len();
     out.extend_from_slice(&plaintext);
-    let key: &[u8; 32] = &content_key;
-    let cipher = ChaCha20Poly1305::new(key.into());
+    let cipher = ChaCha20Poly1305::new(content_key.into());
     let (header, body_buf) = out.split_at_mut(header_end);
     let tag = cipher
         .encrypt_inout_detached(&Default::default(), header, body_buf.into())

@@ -454,3 +454,70 @@ fn debug_output_redacts_plaintext() {
     let chunk = s.opener().open_chunk(&s.chunks[0]).unwrap();
     assert!(!format!("{chunk:?}").contains("token"));
 }
+
+/// A request sealed with wrap contexts prepared beforehand opens exactly
+/// like one sealed in one go, for every recipient, and each context serves
+/// one request only (two requests never share an ephemeral key).
+#[test]
+fn prepared_wraps_seal_the_same_envelope_and_are_used_once() {
+    let client = SecretKey::generate();
+    let enclaves: Vec<SecretKey> = (0..2).map(|_| SecretKey::generate()).collect();
+    let prepare = || {
+        enclaves
+            .iter()
+            .map(|k| PreparedWrap::new(&k.public()).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let body = RequestBody::new(7, b"prepared".to_vec(), client.public());
+    let wraps = prepare();
+    assert_eq!(wraps[1].recipient(), &enclaves[1].public());
+    let a = seal_request_prepared(&body, wraps).unwrap();
+    let b = seal_request_prepared(&body, prepare()).unwrap();
+    let fresh = seal_request(&body, &[enclaves[0].public(), enclaves[1].public()]).unwrap();
+    assert_eq!(a.len(), fresh.len());
+    assert_eq!(
+        peek_header(&a).unwrap().recipients,
+        peek_header(&fresh).unwrap().recipients
+    );
+    for k in &enclaves {
+        for env in [&a, &b] {
+            let opened = open_request(env, k, &Expectations::default()).unwrap();
+            assert_eq!(opened.body.input(), b"prepared");
+            assert_eq!(opened.body.request_id, body.request_id);
+        }
+    }
+    // Different contexts, different ephemeral keys (the wraps' `enc`).
+    let (_, wraps_at, _) = offsets(2);
+    assert_ne!(a[wraps_at..wraps_at + 32], b[wraps_at..wraps_at + 32]);
+}
+
+#[test]
+fn prepared_wraps_are_checked_like_recipients() {
+    let client = SecretKey::generate();
+    let enclave = SecretKey::generate();
+    let body = RequestBody::new(7, b"x".to_vec(), client.public());
+    assert!(matches!(
+        seal_request_prepared(&body, Vec::new()),
+        Err(EnvelopeError::NoRecipients)
+    ));
+    let twice = vec![
+        PreparedWrap::new(&enclave.public()).unwrap(),
+        PreparedWrap::new(&enclave.public()).unwrap(),
+    ];
+    assert!(matches!(
+        seal_request_prepared(&body, twice),
+        Err(EnvelopeError::DuplicateRecipient(_))
+    ));
+    let many: Vec<_> = (0..MAX_RECIPIENTS + 1)
+        .map(|_| PreparedWrap::new(&SecretKey::generate().public()).unwrap())
+        .collect();
+    assert!(matches!(
+        seal_request_prepared(&body, many),
+        Err(EnvelopeError::TooManyRecipients { .. })
+    ));
+    // Debug names the recipient, never the context's keys.
+    let w = PreparedWrap::new(&enclave.public()).unwrap();
+    let shown = format!("{w:?}");
+    assert!(shown.contains(enclave.enclave_id().as_str()), "{shown}");
+    assert!(!shown.contains("ctx"), "{shown}");
+}
