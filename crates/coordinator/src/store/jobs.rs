@@ -104,6 +104,9 @@ pub struct JobRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub recipients: Vec<String>,
+    /// Claims only: the island's enclave key, among the job's recipients,
+    /// that the claim picked for it (TEE jobs).
+    pub claimed_key_id: Option<String>,
 }
 
 impl JobRow {
@@ -145,6 +148,11 @@ pub(crate) fn job_from<R: Columns + ?Sized>(r: &R) -> Result<JobRow> {
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
         recipients: Vec::new(),
+        claimed_key_id: if r.has("claimed_key_id") {
+            r.opt_text("claimed_key_id")?
+        } else {
+            None
+        },
     })
 }
 
@@ -288,6 +296,7 @@ impl Store {
             created_at: now,
             updated_at: now,
             recipients: j.recipients.clone(),
+            claimed_key_id: None,
         }))
     }
 
@@ -575,16 +584,29 @@ impl Store {
         if island.he_capable {
             modes.push("j.mode = 'he'".into());
         }
+        // For a TEE job the claim also returns the island's enclave key it
+        // may use (its newest routable recipient), so leasing costs no
+        // second query.
+        let mut claimed_key = String::new();
         if island.has_enclave {
             let sim = if accept_sim {
                 ""
             } else {
                 " AND e.tee_type <> 'sim'"
             };
+            let routable = format!(
+                "FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
+                 WHERE r.job_id = {{job}}.id AND r.excluded = 0 AND e.island_id = $1 AND e.valid_until > $7{sim}"
+            );
             modes.push(format!(
-                "(j.mode = 'tee' AND EXISTS (SELECT 1 FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
-                 WHERE r.job_id = j.id AND r.excluded = 0 AND e.island_id = $1 AND e.valid_until > $7{sim}))"
+                "(j.mode = 'tee' AND EXISTS (SELECT 1 {}))",
+                routable.replace("{job}", "j")
             ));
+            claimed_key = format!(
+                ", CASE WHEN jobs.mode = 'tee' THEN (SELECT r.key_id {} ORDER BY e.valid_until DESC LIMIT 1) END \
+                 AS claimed_key_id",
+                routable.replace("{job}", "jobs")
+            );
         }
         // The picked ids are materialised once: as an `IN (subquery)` with
         // `SKIP LOCKED`, PostgreSQL may rescan the subquery per row and skip
@@ -600,7 +622,7 @@ impl Store {
              attempts = attempts + 1, updated_at = $4 \
              WHERE state = 'queued' AND id IN (SELECT id FROM picked) \
              AND (SELECT COUNT(*) FROM jobs k WHERE k.island_id = $1 AND k.state IN ('assigned', 'running')) < $6 \
-             RETURNING {JOB_COLS}",
+             RETURNING {JOB_COLS}{claimed_key}",
             modes = modes.join(" OR "),
             skip = self.skip_locked(),
         );
@@ -622,30 +644,13 @@ impl Store {
             })
             .await?;
         jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        let mut claims = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let enclave_key_id = if job.mode == "tee" {
-                let r = sqlx::query(
-                    "SELECT r.key_id FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
-                     WHERE r.job_id = $1 AND e.island_id = $2 AND r.excluded = 0 ORDER BY e.valid_until DESC LIMIT 1",
-                )
-                .bind(&job.id)
-                .bind(&island.id)
-                .fetch_optional(&self.pool)
-                .await?;
-                match r {
-                    Some(r) => Some(r.try_get::<String, _>("key_id")?),
-                    None => None,
-                }
-            } else {
-                None
-            };
-            claims.push(Claim {
+        Ok(jobs
+            .into_iter()
+            .map(|mut job| Claim {
+                enclave_key_id: job.claimed_key_id.take(),
                 job,
-                enclave_key_id,
-            });
-        }
-        Ok(claims)
+            })
+            .collect())
     }
 
     /// Extends a lease; optionally marks the job running. Returns the job
@@ -1429,6 +1434,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             recipients: vec![],
+            claimed_key_id: None,
         }
     }
 

@@ -17,6 +17,7 @@
 
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyRow;
+use sqlx::Column as _;
 use sqlx::{AnyConnection, Row};
 
 use super::{Result, StoreError};
@@ -107,6 +108,8 @@ pub(crate) trait Columns {
     fn opt_int(&self, col: &str) -> Result<Option<i64>>;
     fn text(&self, col: &str) -> Result<String>;
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    /// Whether the row has this column (for decoders of optional extras).
+    fn has(&self, col: &str) -> bool;
 }
 
 /// [`Columns`] for a driver row type with a `try_get(column name)`.
@@ -124,6 +127,9 @@ macro_rules! columns_by_try_get {
             }
             fn opt_text(&self, col: &str) -> Result<Option<String>> {
                 Ok(self.try_get(col)?)
+            }
+            fn has(&self, col: &str) -> bool {
+                self.columns().iter().any(|c| c.name() == col)
             }
         }
     };
@@ -420,6 +426,9 @@ impl Columns for LiteRow<'_, '_> {
     }
     fn opt_text(&self, col: &str) -> Result<Option<String>> {
         Ok(self.row.get(col)?)
+    }
+    fn has(&self, col: &str) -> bool {
+        self.row.as_ref().column_index(col).is_ok()
     }
 }
 
