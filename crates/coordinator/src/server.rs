@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::app::AppState;
 use crate::config::{Config, ConfigError};
 use crate::store::{DbKind, Store, StoreError};
-use crate::util::now_secs;
+use crate::util::{now_ms, now_secs};
 
 /// Credits granted to the admin account at `init` (credits are virtual
 /// during the beta).
@@ -191,6 +191,11 @@ impl Coordinator {
     }
 }
 
+/// How long a finished job's stream chunks stay stored: long enough for a
+/// follower still reading the stream to finish, after which the job's
+/// result (which carries the whole output) is all a reader needs.
+const CHUNK_RETENTION_MS: i64 = 10 * 60 * 1000;
+
 async fn reaper(st: AppState, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_millis(st.config.reap_interval_ms.max(10));
     let mut last_purge = now_secs();
@@ -221,6 +226,11 @@ async fn reaper(st: AppState, mut stop: watch::Receiver<bool>) {
             last_purge = now_secs();
             if let Err(e) = st.store.purge_nonces(last_purge).await {
                 tracing::warn!(error = %e, "nonce purge failed");
+            }
+            match st.store.purge_chunks(now_ms() - CHUNK_RETENTION_MS).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(chunks = n, "purged the stream chunks of finished jobs"),
+                Err(e) => tracing::warn!(error = %e, "chunk purge failed"),
             }
         }
     }

@@ -492,6 +492,27 @@ async fn plain_job_lifecycle(b: Backend) {
     let text = sse.await.unwrap();
     assert!(text.contains("event: chunk"), "{text}");
     assert!(text.contains("event: done"), "{text}");
+    // Stored chunks go once the job has been over for the retention time;
+    // the stream of a finished job still ends with its whole output.
+    let ended = j["updated_at"].as_i64().unwrap_or(i64::MAX);
+    assert_eq!(h.store.purge_chunks(ended).await.unwrap(), 0);
+    assert_eq!(h.store.chunks_after(&id, -1).await.unwrap().len(), 1);
+    assert_eq!(h.store.purge_chunks(ended + 1).await.unwrap(), 1);
+    assert!(h.store.chunks_after(&id, -1).await.unwrap().is_empty());
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/api/v1/jobs/{id}/stream"),
+            Some(&user),
+            None,
+        )
+        .await;
+    let text = r.body.as_str().unwrap_or_default();
+    assert!(
+        text.contains("event: done") && text.contains("hello"),
+        "{text}"
+    );
+    assert!(!text.contains("event: chunk"), "{text}");
     // list and filter
     let r = h.get("/api/v1/jobs?state=succeeded", &user).await;
     assert_eq!(r.body["jobs"].as_array().unwrap().len(), 1);

@@ -714,6 +714,22 @@ impl Store {
         Ok(true)
     }
 
+    /// Deletes the stored stream chunks of jobs that ended before
+    /// `ended_before_ms` (their result carries the whole output, which a
+    /// late follower of the stream gets in its `done` event); at most a
+    /// thousand jobs' chunks per call. Returns the chunks deleted.
+    pub async fn purge_chunks(&self, ended_before_ms: i64) -> Result<u64> {
+        let res = sqlx::query(
+            "DELETE FROM job_chunks WHERE job_id IN (SELECT DISTINCT c.job_id FROM job_chunks c \
+             JOIN jobs j ON j.id = c.job_id WHERE j.state IN ('succeeded', 'failed', 'cancelled') \
+             AND j.updated_at < $1 LIMIT 1000)",
+        )
+        .bind(ended_before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+
     /// Chunks after `after_seq`, in order.
     pub async fn chunks_after(&self, job_id: &str, after_seq: i64) -> Result<Vec<(i64, String)>> {
         let rows = sqlx::query("SELECT seq, data FROM job_chunks WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT 256")
