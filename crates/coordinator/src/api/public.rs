@@ -942,6 +942,8 @@ struct StreamState {
     rx: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
     last_state: String,
     last_seq: i64,
+    /// The lease attempt whose chunks were sent (-1: none seen yet).
+    attempts: i64,
     done: bool,
     first: bool,
 }
@@ -972,6 +974,14 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
             ));
         }
     };
+    // A requeued job's next attempt streams its own response from seq 0
+    // (the old chunks were deleted): start over. A follower that already
+    // took the old attempt's pieces sees them fail to continue and waits
+    // for the whole output, as the SDK does.
+    if job.state == "queued" || (s.attempts >= 0 && job.attempts != s.attempts) {
+        s.last_seq = -1;
+    }
+    s.attempts = job.attempts;
     if let Ok(chunks) = s.st.store.chunks_after(&s.job_id, s.last_seq).await {
         for (seq, data) in chunks {
             s.last_seq = seq;
@@ -1012,6 +1022,7 @@ pub async fn stream_job(
         job_id: id,
         last_state: String::new(),
         last_seq: -1,
+        attempts: -1,
         done: false,
         first: true,
     };

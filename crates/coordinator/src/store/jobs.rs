@@ -1095,6 +1095,7 @@ impl Store {
                 .bind(&island)
                 .execute(&mut *tx)
                 .await?;
+            drop_chunks(&mut tx, &id).await?;
             sqlx::query(
                 "UPDATE job_recipients SET excluded = 1 WHERE job_id = $1 AND key_id IN (SELECT key_id FROM enclaves WHERE island_id = $2)",
             )
@@ -1255,6 +1256,7 @@ impl Store {
         .bind(island_id)
         .execute(&mut *tx)
         .await?;
+        drop_chunks(&mut tx, job_id).await?;
         sqlx::query(
             "UPDATE job_recipients SET excluded = 1 WHERE job_id = $1 AND key_id IN (SELECT key_id FROM enclaves WHERE island_id = $2)",
         )
@@ -1399,6 +1401,17 @@ async fn claim_tx(conn: &mut dyn Sql, a: &ClaimArgs) -> Result<Vec<JobRow>> {
     ];
     args.extend(a.island.runtimes.iter().map(Val::from));
     conn.jobs(&a.sql, &args).await
+}
+
+/// Deletes a requeued job's streamed chunks: the next attempt streams its
+/// own response from `seq` 0, which the old chunks (kept by `ON CONFLICT DO
+/// NOTHING`) would otherwise shadow.
+async fn drop_chunks(conn: &mut sqlx::AnyConnection, job_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM job_chunks WHERE job_id = $1")
+        .bind(job_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The job's one settlement row; false when it already has one.
