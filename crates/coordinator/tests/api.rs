@@ -413,26 +413,7 @@ async fn plain_job_lifecycle(b: Backend) {
         (Some(990), Some(10))
     );
     // SSE subscriber
-    let sse = {
-        let url = format!("{}/api/v1/jobs/{id}/stream", h.base);
-        let http = h.http.clone();
-        let user = user.clone();
-        tokio::spawn(async move {
-            let mut r = http.get(url).bearer_auth(user).send().await.unwrap();
-            assert_eq!(r.headers()["content-type"], "text/event-stream");
-            let mut text = String::new();
-            while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(10), r.chunk())
-                .await
-                .unwrap()
-            {
-                text.push_str(&String::from_utf8_lossy(&c));
-                if text.contains("event: done") {
-                    break;
-                }
-            }
-            text
-        })
-    };
+    let sse = h.follow(&user, &id, "event: done");
     let l = h.lease(&it, 1000).await;
     assert_eq!(l.status, 200, "{:?}", l.body);
     assert_eq!(l.body["job_id"], id.as_str());
@@ -1670,35 +1651,13 @@ async fn release_requeues_now(b: Backend) {
         .await;
     let pid = r.body["id"].as_str().unwrap().to_string();
     // A follower of the job's stream, across the release.
-    let follower = {
-        let url = format!("{}/api/v1/jobs/{pid}/stream", h.base);
-        let (http, user) = (h.http.clone(), user.clone());
-        tokio::spawn(async move {
-            let mut r = http.get(url).bearer_auth(user).send().await.unwrap();
-            let mut text = String::new();
-            while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(10), r.chunk())
-                .await
-                .unwrap()
-            {
-                text.push_str(&String::from_utf8_lossy(&c));
-                if text.contains("second attempt") {
-                    break;
-                }
-            }
-            text
-        })
-    };
+    let follower = h.follow(&user, &pid, "second attempt");
     let l = h.lease(&tplain, 1000).await;
     assert_eq!(l.body["job_id"], pid.as_str());
+    let chunk_url = format!("/api/v1/island/jobs/{pid}/chunks");
     let chunk = |lease: &Value, data: &str| json!({"lease_id": lease, "seq": 0, "data": data});
-    let r = h
-        .post(
-            &format!("/api/v1/island/jobs/{pid}/chunks"),
-            &tplain,
-            chunk(&l.body["lease_id"], "first attempt"),
-        )
-        .await;
-    assert_eq!(r.status, 204);
+    let first = chunk(&l.body["lease_id"], "first attempt");
+    assert_eq!(h.post(&chunk_url, &tplain, first).await.status, 204);
     let r = h
         .post(
             &format!("/api/v1/island/jobs/{pid}/release"),
@@ -1712,14 +1671,8 @@ async fn release_requeues_now(b: Backend) {
     assert_eq!(l.body["job_id"], pid.as_str());
     // The next attempt's stream starts again at seq 0 and is what the
     // job's stream holds, not the released attempt's pieces.
-    let r = h
-        .post(
-            &format!("/api/v1/island/jobs/{pid}/chunks"),
-            &tplain2,
-            chunk(&l.body["lease_id"], "second attempt"),
-        )
-        .await;
-    assert_eq!(r.status, 204);
+    let second = chunk(&l.body["lease_id"], "second attempt");
+    assert_eq!(h.post(&chunk_url, &tplain2, second).await.status, 204);
     let stored = h.store.chunks_after(&pid, -1).await.unwrap();
     assert_eq!(stored, vec![(0, "second attempt".to_string())]);
     // The follower is sent the new attempt's seq 0 too.

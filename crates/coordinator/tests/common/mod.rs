@@ -408,6 +408,34 @@ impl Harness {
             .await
     }
 
+    /// Follows the job's SSE stream on a task of its own until its text
+    /// contains `until` (or 10 s pass without a byte); returns the text.
+    pub fn follow(
+        &self,
+        api_key: &str,
+        id: &str,
+        until: &'static str,
+    ) -> tokio::task::JoinHandle<String> {
+        let url = format!("{}/api/v1/jobs/{id}/stream", self.base);
+        let (http, key) = (self.http.clone(), api_key.to_string());
+        tokio::spawn(async move {
+            let mut r = http.get(url).bearer_auth(key).send().await.unwrap();
+            assert_eq!(r.headers()["content-type"], "text/event-stream");
+            let mut text = String::new();
+            while let Ok(Some(c)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+                    .await
+                    .unwrap()
+            {
+                text.push_str(&String::from_utf8_lossy(&c));
+                if text.contains(until) {
+                    break;
+                }
+            }
+            text
+        })
+    }
+
     pub async fn job(&self, api_key: &str, id: &str) -> Value {
         let r = self.get(&format!("/api/v1/jobs/{id}"), api_key).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
