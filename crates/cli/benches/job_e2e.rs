@@ -4,19 +4,22 @@
 //! island (`archipelago island --tee sim`, supervising its
 //! `archipelago-enclave`), both with the real models.
 //!
-//! The same MiniLM classify job and the same short greedy chat job run
-//! plain and confidential in pairs, one pair per round, the order
+//! The same MiniLM classify jobs (one sentence, and a ~600-character
+//! patient record whose model takes ~15 ms) and the same short greedy chat
+//! job run plain and confidential in pairs, one pair per round, the order
 //! alternating; classify gets many more rounds (`BENCH_CLASSIFY_ROUNDS`,
 //! default 200) than chat (`BENCH_ROUNDS`, default 10), because a ~10 ms job
-//! varies by more than its 3 % goal from one sample to the next. Plain: submit → result. Confidential: seal (recipients
-//! verified with the client's own policy) → submit → result → open and
+//! varies by more than its 3 % goal from one sample to the next. Plain:
+//! submit → result. Confidential: seal (recipients verified with the
+//! client's own policy) → submit → result → open and
 //! authenticate. Both wait for the result the same way (the SDK follows
 //! the job's SSE stream). The client-side seal and open are timed, and the
 //! enclave-side open + seal of the same sizes is measured in-process, so
 //! the crypto share of the difference can be stated.
 //!
 //! ```sh
-//! cargo bench -p archipelago --profile dev --bench job_e2e
+//! cargo build --release -p archipelago-enclave -p archipelago --bins
+//! cargo bench -p archipelago --bench job_e2e
 //! BENCH_ROUNDS=20 BENCH_CLASSIFY_ROUNDS=400 BENCH_CHAT_TOKENS=32 cargo bench -p archipelago --bench job_e2e
 //! ```
 //!

@@ -974,11 +974,11 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
             ));
         }
     };
-    // A requeued job's next attempt streams its own response from seq 0
-    // (the old chunks were deleted): start over. A follower that already
-    // took the old attempt's pieces sees them fail to continue and waits
-    // for the whole output, as the SDK does.
-    if job.state == "queued" || (s.attempts >= 0 && job.attempts != s.attempts) {
+    // A requeued job's next attempt (its claim counts one more) streams its
+    // own response from seq 0, the old chunks deleted: start over. A
+    // follower that already took the old attempt's pieces sees them fail
+    // to continue and waits for the whole output, as the SDK does.
+    if s.attempts >= 0 && job.attempts != s.attempts {
         s.last_seq = -1;
     }
     s.attempts = job.attempts;

@@ -6,7 +6,6 @@
 //! expects (`WHERE state IN (…) AND lease_id = …`); settlement inserts the
 //! job's row in `settlements`, whose primary key makes a second settlement
 //! impossible even if two replicas race.
-//!
 
 use sqlx::Row;
 
@@ -594,18 +593,22 @@ impl Store {
             } else {
                 " AND e.tee_type <> 'sim'"
             };
-            let routable = format!(
-                "FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
-                 WHERE r.job_id = {{job}}.id AND r.excluded = 0 AND e.island_id = $1 AND e.valid_until > $7{sim}"
-            );
+            // This island's routable enclave keys among the recipients of
+            // the job row named `job`.
+            let routable = |job: &str| {
+                format!(
+                    "FROM job_recipients r JOIN enclaves e ON e.key_id = r.key_id \
+                     WHERE r.job_id = {job}.id AND r.excluded = 0 AND e.island_id = $1 AND e.valid_until > $7{sim}"
+                )
+            };
             modes.push(format!(
                 "(j.mode = 'tee' AND EXISTS (SELECT 1 {}))",
-                routable.replace("{job}", "j")
+                routable("j")
             ));
             claimed_key = format!(
                 ", CASE WHEN jobs.mode = 'tee' THEN (SELECT r.key_id {} ORDER BY e.valid_until DESC LIMIT 1) END \
                  AS claimed_key_id",
-                routable.replace("{job}", "jobs")
+                routable("jobs")
             );
         }
         // The picked ids are materialised once: as an `IN (subquery)` with

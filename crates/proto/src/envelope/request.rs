@@ -330,12 +330,12 @@ fn check_recipients(count: usize) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
+/// The envelope around `body` for `wraps` (their count already checked).
 fn seal_with(
     body: &RequestBody,
     content_key: &[u8; 32],
     wraps: Vec<PreparedWrap>,
 ) -> Result<Vec<u8>, EnvelopeError> {
-    check_recipients(wraps.len())?;
     if body.input.len() > MAX_INPUT_LEN {
         return Err(EnvelopeError::InputTooLarge {
             len: body.input.len(),
