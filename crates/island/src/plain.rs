@@ -93,7 +93,7 @@ impl PlainRunner {
         r
     }
 
-    /// Runs one job (blocking: call from `spawn_blocking`).
+    /// Runs one job (blocking: the agent calls it on a thread of its own).
     pub fn run(
         &self,
         workload_id: i64,
