@@ -32,7 +32,7 @@ struct Cli {
 enum Cmd {
     /// Serve the island channel on stdin/stdout.
     Run(RunArgs),
-    /// Print the sim measurement (SHA-384 of this binary and the model files, hex).
+    /// Print the sim measurement (SHA-384 of this binary, the shared libraries it runs with and the model files, hex).
     Measure {
         /// Models directory (the same one `run` gets).
         #[arg(long, env = "ARCHIPELAGO_MODELS_DIR")]
@@ -85,8 +85,9 @@ fn main() -> anyhow::Result<()> {
             let workloads = Workloads::new(models_dir.as_deref());
             println!(
                 "{}",
-                measure::measurement_hex(&workloads)
-                    .context("measuring the enclave binary and model files")?
+                measure::measurement_hex(&workloads).context(
+                    "measuring the enclave binary, its shared libraries and the model files"
+                )?
             );
             Ok(())
         }
@@ -103,8 +104,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .as_deref()
                 .context("--tee sim needs --sim-root FILE (or ARCHIPELAGO_SIM_ROOT)")?;
             let root = SimRoot::load(path)?;
-            let hex = measure::measurement_hex(&workloads)
-                .context("measuring the enclave binary and model files")?;
+            let hex = measure::measurement_hex(&workloads).context(
+                "measuring the enclave binary, its shared libraries and the model files",
+            )?;
             let mut m = [0u8; 48];
             hex::decode_to_slice(&hex, &mut m).context("measurement is not 48 bytes")?;
             (Box::new(SimEvidenceSource::new(root, m)), hex)

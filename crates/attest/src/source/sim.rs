@@ -81,7 +81,7 @@ impl EvidenceSource for SimEvidenceSource {
 
 /// SHA-384 over the given files in order: for each, its length (u64 BE)
 /// then its bytes, after the domain `"archipelago-measure-v1"`. Used as the
-/// sim enclave's measurement of its binary and model files.
+/// sim enclave's measurement of its binary, shared libraries and model files.
 pub fn measure_files<P: AsRef<Path>>(paths: &[P]) -> std::io::Result<[u8; 48]> {
     let mut h = Sha384::new();
     h.update(b"archipelago-measure-v1");

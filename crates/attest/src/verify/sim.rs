@@ -30,7 +30,7 @@ const FILE_TAG: &str = "archipelago-sim-root-v1";
 /// The claims carried by sim evidence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimClaims {
-    /// SHA-384 measurement of the enclave binary and model files.
+    /// SHA-384 measurement of the enclave binary, its shared libraries and model files.
     pub measurement: [u8; 48],
     /// The 64-byte report data (key binding).
     pub report_data: [u8; 64],
