@@ -5,7 +5,7 @@
 //! writes its frames as they are produced (fresh, not pooled: llama.cpp's
 //! OpenMP keeps worker threads for each thread that called it while that
 //! thread lives, and with more of them than CPUs it stops spinning at its
-//! barriers, which made chat 2.3x slower when jobs ran on long-lived
+//! barriers, which made chat 2.2x slower when jobs ran on long-lived
 //! threads); a ticker thread applies the key rotation
 //! schedule and announces changes with an unsolicited `KeysChanged`.
 //! Writers share one lock, so frames never interleave mid-frame. A refused

@@ -274,6 +274,14 @@ impl ChatModel {
 
     /// Generates a reply to `messages`; `on_text` receives each new piece of
     /// text as soon as it decodes to whole characters.
+    ///
+    /// Call it from a thread that ends with the job, not from a long-lived
+    /// pool thread (such as tokio's blocking pool): llama.cpp's OpenMP keeps
+    /// a team of worker threads for every thread that calls it, for that
+    /// thread's life, and once there are more such workers than CPUs it
+    /// stops spinning at its barriers, which made generation 2.2x slower
+    /// (BENCHMARKS.md, issue 5). The island agent and the enclave run each
+    /// job on a fresh thread for this reason.
     pub fn generate(
         &self,
         messages: &[Message],

@@ -843,7 +843,7 @@ async fn execute_plain(ctx: &Ctx, job: &LeasedJob) -> Finish {
 /// threads for every thread that has called it, for as long as that
 /// thread lives, and once the pool's long-lived threads hold more such
 /// workers than there are CPUs, libgomp stops spinning at its barriers
-/// (each one then sleeps in a futex). Measured here: plain chat 2.3x slower
+/// (each one then sleeps in a futex). Measured here: plain chat 2.2x slower
 /// after a few hundred jobs (`job_e2e` bench). The enclave runs each job on
 /// a fresh thread too.
 async fn on_job_thread<T: Send + 'static>(
