@@ -3,11 +3,13 @@
 //!
 //! A job goes: header checks against the job → find a held recipient key →
 //! open the envelope → skew window and replay cache → run the workload →
-//! seal every output piece to the client's response key. Anything the
+//! seal every output piece to the client's response key (starting from an
+//! encapsulation prepared after the client's previous job, when there is
+//! one: [`crate::prepared`]). Anything the
 //! client should read in detail is sealed to it; the island sees only an
 //! [`ErrorCode`].
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use archipelago_attest::{EvidenceSource, TeeType};
@@ -15,13 +17,15 @@ use archipelago_proto::channel::{
     Blob, ErrorCode, FromEnclave, JobRequest, KeyEvidence, KeyInfo, PROTOCOL_VERSION,
 };
 use archipelago_proto::envelope::{
-    open_request, ChunkKind, Expectations, ResponseSealer, MAX_CHUNK_LEN, MAX_ENVELOPE_LEN,
+    open_request, ChunkKind, Expectations, PreparedResponse, ResponseSealer, MAX_CHUNK_LEN,
+    MAX_ENVELOPE_LEN,
 };
-use archipelago_proto::{peek_header, EnvelopeError};
+use archipelago_proto::{peek_header, EnvelopeError, PublicKey};
 use zeroize::Zeroizing;
 
 use crate::freshness::{FreshnessError, ReplayCache, DEFAULT_REPLAY_CAPACITY, DEFAULT_SKEW_SECS};
-use crate::keyring::KeyRing;
+use crate::keyring::{EnclaveKey, KeyRing};
+use crate::prepared::{Prepared, DEFAULT_PREPARED_CAPACITY};
 use crate::workload::Workloads;
 
 /// Largest output one job may produce (a whole response must stay within
@@ -39,6 +43,9 @@ pub struct Config {
     pub skew_secs: u64,
     /// Request ids remembered at most.
     pub replay_capacity: usize,
+    /// (enclave key, client key) pairs that keep a response encapsulation
+    /// prepared for the client's next job; 0 turns preparing off.
+    pub prepared_capacity: usize,
 }
 
 impl Default for Config {
@@ -48,6 +55,7 @@ impl Default for Config {
             grace_secs: 3600,
             skew_secs: DEFAULT_SKEW_SECS,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            prepared_capacity: DEFAULT_PREPARED_CAPACITY,
         }
     }
 }
@@ -72,6 +80,7 @@ pub struct Enclave {
     measurement: String,
     keys: Mutex<KeyRing>,
     replay: Mutex<ReplayCache>,
+    prepared: Mutex<Prepared>,
     workloads: Workloads,
 }
 
@@ -100,6 +109,7 @@ impl Enclave {
             measurement,
             keys: Mutex::new(KeyRing::new(config.rotate_secs, config.grace_secs, now)),
             replay: Mutex::new(ReplayCache::new(config.replay_capacity, config.skew_secs)),
+            prepared: Mutex::new(Prepared::new(config.prepared_capacity)),
             workloads,
         }
     }
@@ -173,25 +183,55 @@ impl Enclave {
         let mut ring = lock(&self.keys);
         ring.rotate(now);
         ring.tick(now);
+        self.forget_dropped_keys(&ring);
         FromEnclave::Rotated { keys: ring.infos() }
     }
 
     /// Applies the rotation schedule; `Some(KeysChanged)` when keys changed.
     pub fn tick(&self, now: u64) -> Option<FromEnclave> {
         let mut ring = lock(&self.keys);
-        ring.tick(now)
-            .then(|| FromEnclave::KeysChanged { keys: ring.infos() })
+        let changed = ring.tick(now);
+        if changed {
+            self.forget_dropped_keys(&ring);
+        }
+        changed.then(|| FromEnclave::KeysChanged { keys: ring.infos() })
+    }
+
+    /// Drops (and zeroizes) prepared encapsulations of keys no longer held.
+    fn forget_dropped_keys(&self, ring: &KeyRing) {
+        let held: Vec<PublicKey> = ring.keys().iter().map(|k| k.secret().public()).collect();
+        lock(&self.prepared).retain_enclave_keys(&held);
+    }
+
+    /// Prepared response encapsulations held (for tests and metrics).
+    pub fn prepared_count(&self) -> usize {
+        lock(&self.prepared).len()
     }
 
     /// Runs a job, handing each outgoing message to `emit`; always ends with
     /// exactly one `JobDone` or `JobFailed`.
     pub fn run_job(&self, job: &JobRequest, now: u64, emit: &mut dyn FnMut(FromEnclave)) {
         let start = Instant::now();
-        let outcome = self.job_inner(job, now, start, emit);
+        let mut answered = None;
+        let outcome = self.job_inner(job, now, start, &mut answered, emit);
         let exec_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
-            Ok(()) => {
-                tracing::info!(job_id = %job.job_id, exec_ms, "job done");
+            Ok(done) => {
+                // One line per job (the island forwards the enclave's log
+                // lines, each a pipe write and a wake-up of the agent while
+                // the model runs): ids and sizes only.
+                tracing::info!(
+                    job_id = %job.job_id,
+                    workload_id = job.workload_id,
+                    key_id = %done.key_id,
+                    envelope_len = job.envelope.len(),
+                    input_len = done.input_len,
+                    output_len = done.output_len,
+                    streamed = done.streamed,
+                    run_ms = done.run_ms,
+                    exec_ms,
+                    "job done"
+                );
                 emit(FromEnclave::JobDone {
                     job_id: job.job_id.clone(),
                     exec_ms,
@@ -206,6 +246,24 @@ impl Enclave {
                 });
             }
         }
+        if let Some((key, client)) = answered {
+            self.prepare_next(&key, &client);
+        }
+    }
+
+    /// After a job's last frame: the encapsulation for the client's next
+    /// response from the same key, if the key is still held.
+    fn prepare_next(&self, key: &Arc<EnclaveKey>, client: &PublicKey) {
+        if lock(&self.keys)
+            .find(std::slice::from_ref(key.id()))
+            .is_none()
+        {
+            return;
+        }
+        match PreparedResponse::new(key.secret(), client) {
+            Ok(p) => lock(&self.prepared).put(p),
+            Err(e) => tracing::debug!(error = %e, "no response encapsulation prepared"),
+        }
     }
 
     fn job_inner(
@@ -213,8 +271,9 @@ impl Enclave {
         job: &JobRequest,
         now: u64,
         start: Instant,
+        answered: &mut Option<(Arc<EnclaveKey>, PublicKey)>,
         emit: &mut dyn FnMut(FromEnclave),
-    ) -> Result<(), (ErrorCode, bool)> {
+    ) -> Result<JobSummary, (ErrorCode, bool)> {
         let unsealed = |code| (code, false);
         let header = peek_header(&job.envelope).map_err(|e| unsealed(envelope_code(&e)))?;
         if header.workload_id != job.workload_id {
@@ -236,19 +295,28 @@ impl Enclave {
         )
         .map_err(|e| unsealed(envelope_code(&e)))?;
         let body = opened.body;
-        tracing::info!(
+        tracing::debug!(
             job_id = %job.job_id,
-            workload_id = job.workload_id,
             key_id = %key.id(),
-            envelope_len = job.envelope.len(),
             input_len = body.input().len(),
             "envelope opened"
         );
 
-        let fresh = lock(&self.replay).check_and_insert(body.request_id, body.issued_at, now);
-        let (mut sealer, header_bytes) =
-            ResponseSealer::new(key.secret(), &body.response_key, body.request_id)
-                .map_err(|_| unsealed(ErrorCode::Internal))?;
+        let stale = match lock(&self.replay).check_and_insert(body.request_id, body.issued_at, now)
+        {
+            Ok(()) => None,
+            Err(FreshnessError::Replay) => return Err(unsealed(ErrorCode::Replay)),
+            Err(FreshnessError::Full { .. }) => return Err(unsealed(ErrorCode::Busy)),
+            Err(stale @ FreshnessError::Stale { .. }) => Some(stale),
+        };
+        let prepared = lock(&self.prepared).take(&key.secret().public(), &body.response_key);
+        let (mut sealer, header_bytes) = ResponseSealer::new_prepared(
+            prepared,
+            key.secret(),
+            &body.response_key,
+            body.request_id,
+        )
+        .map_err(|_| unsealed(ErrorCode::Internal))?;
         let mut send_header = Some(header_bytes);
         let job_id = &job.job_id;
         let mut send = |bytes: Vec<u8>, emit: &mut dyn FnMut(FromEnclave)| {
@@ -263,19 +331,15 @@ impl Enclave {
                 bytes: Blob(bytes),
             });
         };
-        match fresh {
-            Ok(()) => {}
-            Err(FreshnessError::Replay) => return Err(unsealed(ErrorCode::Replay)),
-            Err(FreshnessError::Full { .. }) => return Err(unsealed(ErrorCode::Busy)),
-            Err(stale @ FreshnessError::Stale { .. }) => {
-                let report = error_report(ErrorCode::Stale, &stale.to_string());
-                let chunk = sealer
-                    .seal_chunk(&report, ChunkKind::Error, true)
-                    .map_err(|_| unsealed(ErrorCode::Internal))?;
-                send(chunk, emit);
-                return Err((ErrorCode::Stale, true));
-            }
+        if let Some(stale) = stale {
+            let report = error_report(ErrorCode::Stale, &stale.to_string());
+            let chunk = sealer
+                .seal_chunk(&report, ChunkKind::Error, true)
+                .map_err(|_| unsealed(ErrorCode::Internal))?;
+            send(chunk, emit);
+            return Err((ErrorCode::Stale, true));
         }
+        *answered = Some((key.clone(), body.response_key));
 
         // Run, sealing streamed pieces as they come.
         let mut streamed = 0usize;
@@ -326,7 +390,7 @@ impl Enclave {
         };
         match outcome {
             Ok(out) => {
-                tracing::info!(job_id = %job.job_id, output_len = out.len(), streamed, run_ms, "workload finished");
+                tracing::debug!(job_id = %job.job_id, output_len = out.len(), streamed, run_ms, "workload finished");
                 let mut pieces = out.chunks(MAX_CHUNK_LEN).peekable();
                 if pieces.peek().is_none() {
                     let c = sealer
@@ -341,7 +405,13 @@ impl Enclave {
                         .map_err(|_| unsealed(ErrorCode::Internal))?;
                     send(c, emit);
                 }
-                Ok(())
+                Ok(JobSummary {
+                    key_id: key.id().clone(),
+                    input_len: body.input().len(),
+                    output_len: out.len(),
+                    streamed,
+                    run_ms,
+                })
             }
             Err((code, message)) => {
                 let report = error_report(code, &message);
@@ -353,6 +423,15 @@ impl Enclave {
             }
         }
     }
+}
+
+/// What the log says of a finished job: ids and sizes.
+struct JobSummary {
+    key_id: archipelago_proto::KeyId,
+    input_len: usize,
+    output_len: usize,
+    streamed: usize,
+    run_ms: u128,
 }
 
 /// The error report sealed to the client:
@@ -380,7 +459,9 @@ pub fn envelope_code(e: &EnvelopeError) -> ErrorCode {
 mod tests {
     use super::*;
     use archipelago_attest::{Evidence, EvidenceError, SimEvidenceSource, SimRoot};
-    use archipelago_proto::envelope::{open_response, seal_request, RequestBody};
+    use archipelago_proto::envelope::{
+        open_response, seal_request, RequestBody, RESPONSE_HEADER_LEN,
+    };
     use archipelago_proto::SecretKey;
 
     struct Broken;
@@ -474,6 +555,81 @@ mod tests {
                 sealed_error: false
             }]
         );
+    }
+
+    fn response_bytes(frames: &[FromEnclave]) -> Vec<u8> {
+        let mut whole = Vec::new();
+        for f in frames {
+            if let FromEnclave::ResponseHeader { bytes, .. }
+            | FromEnclave::ResponseChunk { bytes, .. } = f
+            {
+                whole.extend_from_slice(bytes);
+            }
+        }
+        whole
+    }
+
+    /// After a job the enclave holds an encapsulation for the client's next
+    /// response; the next job uses it (its response opens as usual, with
+    /// the prepared ephemeral key) and prepares another; a replay prepares
+    /// nothing; the entries go when their key is dropped.
+    #[test]
+    fn next_response_is_prepared_after_each_job_and_dropped_with_the_key() {
+        let e = Enclave::new(
+            Box::new(SimEvidenceSource::new(
+                SimRoot::from_seed(&[1; 32]),
+                [2; 48],
+            )),
+            hex::encode([2u8; 48]),
+            Workloads::new(None),
+            Config {
+                rotate_secs: 10,
+                grace_secs: 5,
+                ..Config::default()
+            },
+            1000,
+        );
+        let client = SecretKey::generate();
+        let ek = archipelago_proto::PublicKey(e.key_infos()[0].public_key);
+        let mut encs = Vec::new();
+        for round in 0..3 {
+            let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public());
+            let env = seal_request(&body, &[ek]).unwrap();
+            let mut frames = Vec::new();
+            e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
+                frames.push(m)
+            });
+            let whole = response_bytes(&frames);
+            let (_, out) = open_response(&whole, &client, &ek, &body.request_id).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"text": "ABC", "chars": 3}),
+                "round {round}"
+            );
+            encs.push(whole[RESPONSE_HEADER_LEN - 32..RESPONSE_HEADER_LEN].to_vec());
+            assert_eq!(e.prepared_count(), 1, "round {round}");
+            // A replay is refused before anything is prepared or used.
+            let mut again = Vec::new();
+            e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
+            assert_eq!(e.prepared_count(), 1);
+        }
+        assert!(
+            encs[0] != encs[1] && encs[1] != encs[2],
+            "one ephemeral key per response"
+        );
+        // A second client gets its own.
+        let other = SecretKey::generate();
+        let body = RequestBody::new(5, br#"{"prompt":"x"}"#.to_vec(), other.public());
+        let env = seal_request(&body, &[ek]).unwrap();
+        e.run_job(&job(&other, env), unix_now(), &mut |_| {});
+        assert_eq!(e.prepared_count(), 2);
+        // Rotation keeps them while the old key is in its grace period ...
+        assert!(e.tick(1010).is_some());
+        assert_eq!(e.prepared_count(), 2);
+        // ... and drops them with it.
+        assert!(e.tick(1015).is_some());
+        assert_eq!(e.prepared_count(), 0);
     }
 
     #[test]

@@ -159,9 +159,11 @@ where
                 }
                 let (t_enclave, t_out, t_running) = (enclave.clone(), out.clone(), running.clone());
                 let job_id = job.job_id.clone();
+                tracing::debug!(job_id = %job_id, "job frame read; starting its thread");
                 let spawned = std::thread::Builder::new()
                     .name("job".into())
                     .spawn(move || {
+                        tracing::debug!(job_id = %job.job_id, "job thread started");
                         t_enclave.run_job(&job, unix_now(), &mut |msg| {
                             // Free the slot before the island hears the job
                             // ended, so its next job is not refused as Busy.

@@ -816,6 +816,7 @@ async fn execute_plain(ctx: &Ctx, job: &LeasedJob) -> Finish {
     })
     .await;
     let execution_ms = started.elapsed().as_millis() as i64;
+    tracing::debug!(job_id = %job.job_id, execution_ms, "plain workload finished");
     if let Some(r) = relay {
         r.finish().await;
     }
@@ -941,7 +942,7 @@ async fn execute_tee(ctx: &Ctx, job: &LeasedJob) -> Finish {
     };
     match outcome {
         Ok(JobOutcome::Done { response, exec_ms }) => {
-            tracing::info!(job_id = %job.job_id, response_len = response.len(), exec_ms, "enclave finished the job");
+            tracing::debug!(job_id = %job.job_id, response_len = response.len(), exec_ms, "enclave finished the job");
             Finish::Post(ResultPost {
                 lease_id: String::new(),
                 outcome: "succeeded".into(),

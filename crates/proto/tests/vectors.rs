@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use archipelago_proto::envelope::{
-    open_request, open_response, seal_request_with_rng, ChunkKind, Expectations, RequestBody,
-    ResponseOpener, ResponseSealer,
+    open_request, open_response, seal_request_with_rng, ChunkKind, Expectations, PreparedResponse,
+    RequestBody, ResponseOpener, ResponseSealer,
 };
 use archipelago_proto::SecretKey;
 use common::{pattern32, Tape};
@@ -84,6 +84,27 @@ fn derive() -> Vec<(&'static str, String)> {
     let chunk1 = sealer
         .seal_chunk(&output[12..], ChunkKind::Data, true)
         .unwrap();
+    // The same response with its encapsulation prepared ahead of the job
+    // (what the enclave does between a client's jobs): the same bytes.
+    let mut tape = Tape::new(response_ikm_e.to_vec());
+    let prepared =
+        PreparedResponse::new_with_rng(&enclaves[0], &client.public(), &mut tape).unwrap();
+    let (mut p_sealer, p_header) =
+        ResponseSealer::new_prepared(Some(prepared), &enclaves[0], &client.public(), request_id)
+            .unwrap();
+    assert_eq!(p_header, header, "prepared response header");
+    assert_eq!(
+        p_sealer
+            .seal_chunk(&output[..12], ChunkKind::Data, false)
+            .unwrap(),
+        chunk0
+    );
+    assert_eq!(
+        p_sealer
+            .seal_chunk(&output[12..], ChunkKind::Data, true)
+            .unwrap(),
+        chunk1
+    );
     v.push(("response_header", hex::encode(&header)));
     v.push(("response_chunk_0", hex::encode(&chunk0)));
     v.push(("response_chunk_1", hex::encode(&chunk1)));

@@ -27,8 +27,8 @@ pub use request::{
     Expectations, HeaderView, OpenedRequest, PreparedWrap, RequestBody,
 };
 pub use response::{
-    open_response, peek_response_header, seal_response, Chunk, ChunkKind, ResponseHeaderView,
-    ResponseOpener, ResponseSealer,
+    open_response, peek_response_header, seal_response, Chunk, ChunkKind, PreparedResponse,
+    ResponseHeaderView, ResponseOpener, ResponseSealer, RESPONSE_HEADER_LEN,
 };
 
 use hpke::rand_core::UnwrapErr;

@@ -18,6 +18,7 @@
 
 use std::fmt;
 
+use hpke::kem::SharedSecret;
 use hpke::rand_core::CryptoRng;
 use hpke::{aead::AeadCtxR, aead::AeadCtxS, Deserializable, OpModeR, OpModeS, Serializable};
 use zeroize::Zeroizing;
@@ -34,6 +35,9 @@ const FLAG_FINAL: u8 = 0x01;
 const FLAG_ERROR: u8 = 0x02;
 /// Length of the response header in bytes.
 pub const RESPONSE_HEADER_LEN: usize = 8 + 16 + 30 + 30 + 32;
+/// Offset of `enc` in the response header.
+#[cfg(test)]
+pub(crate) const RESPONSE_ENC_AT: usize = RESPONSE_HEADER_LEN - 32;
 const CHUNK_HEADER_LEN: usize = 8 + 16 + 4 + 1 + 4;
 
 /// What a chunk carries: output data, or an error report for the client
@@ -160,25 +164,51 @@ impl ResponseSealer {
         request_id: RequestId,
         rng: &mut impl CryptoRng,
     ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
+        let prepared = PreparedResponse::new_with_rng(enclave, client, rng)?;
+        Self::start(prepared, enclave, request_id)
+    }
+
+    /// As [`ResponseSealer::new`], with the key encapsulation done ahead of
+    /// time ([`PreparedResponse`]) when `prepared` is for this enclave key
+    /// and client key; otherwise (or with `None`) it does one now. The bytes
+    /// on the wire are the same either way.
+    pub fn new_prepared(
+        prepared: Option<PreparedResponse>,
+        enclave: &SecretKey,
+        client: &PublicKey,
+        request_id: RequestId,
+    ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
+        let prepared = match prepared {
+            Some(p) if p.is_for(enclave, client) => p,
+            _ => PreparedResponse::new(enclave, client)?,
+        };
+        Self::start(prepared, enclave, request_id)
+    }
+
+    /// The header and the HPKE key schedule (no public-key work);
+    /// `prepared` is for `enclave`.
+    fn start(
+        prepared: PreparedResponse,
+        enclave: &SecretKey,
+        request_id: RequestId,
+    ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
         let mut header = Vec::with_capacity(RESPONSE_HEADER_LEN);
         put_preamble(&mut header, KIND_RESPONSE_HEADER);
         header.extend_from_slice(&request_id);
-        put_key_id(&mut header, &enclave.enclave_id());
-        put_key_id(&mut header, &KeyId::client(&client.0));
+        put_key_id(&mut header, &KeyId::enclave(&prepared.enclave.0));
+        put_key_id(&mut header, &KeyId::client(&prepared.client.0));
         let info = response_info(&header);
-        let sender = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let client_pk = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let (enc, ctx) = hpke::setup_sender_with_rng::<Aead, Kdf, Kem>(
-            &OpModeS::Auth(sender),
-            &client_pk,
-            &info,
-            rng,
-        )
-        .map_err(|_| EnvelopeError::SealFailed)?;
-        header.extend_from_slice(&enc.to_bytes());
+        header.extend_from_slice(&prepared.enc);
+        // RFC 9180 §5.1.3 SetupAuthS = AuthEncap (done in `prepared`) then
+        // KeySchedule(mode_auth, shared_secret, info): what
+        // `hpke::setup_sender_with_rng` does, split at that seam.
+        // The key schedule reads only the mode's id from it.
+        let mode = OpModeS::Auth(enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?);
+        let ctx =
+            <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(&mode, prepared.shared, &info);
         Ok((
             ResponseSealer {
-                ctx,
+                ctx: ctx.into(),
                 request_id,
                 next_seq: 0,
                 finished: false,
@@ -223,6 +253,77 @@ impl ResponseSealer {
         self.next_seq = self.next_seq.wrapping_add(1);
         self.finished = last;
         Ok(out)
+    }
+}
+
+/// The public-key half of a response's HPKE setup, done before the job it
+/// answers: RFC 9180 `AuthEncap(pkR = client, skS = enclave)`, i.e. a fresh
+/// ephemeral X25519 key and its two Diffie-Hellman operations. It depends
+/// only on the two keys, not on the request (the request id enters the key
+/// schedule through `info`, which [`ResponseSealer::new_prepared`] runs), so
+/// an enclave can make one for a client right after answering it, while
+/// idle, and seal the client's next response without any public-key work.
+/// Used once: sealing consumes it, so no two responses share an ephemeral
+/// key. The shared secret is zeroized on drop; `Debug` shows only the key
+/// ids.
+pub struct PreparedResponse {
+    enclave: PublicKey,
+    client: PublicKey,
+    shared: SharedSecret<Kem>,
+    pub(crate) enc: [u8; 32],
+}
+
+impl PreparedResponse {
+    /// A fresh encapsulation from `enclave` to `client` from the OS CSPRNG.
+    pub fn new(enclave: &SecretKey, client: &PublicKey) -> Result<PreparedResponse, EnvelopeError> {
+        Self::new_with_rng(enclave, client, &mut super::os_rng())
+    }
+
+    /// As [`PreparedResponse::new`]; draws the 32-byte HPKE `ikmE` from `rng`.
+    pub fn new_with_rng(
+        enclave: &SecretKey,
+        client: &PublicKey,
+        rng: &mut impl CryptoRng,
+    ) -> Result<PreparedResponse, EnvelopeError> {
+        let (sk, pk) = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let client_pk = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+        let (shared, enc) = <Kem as hpke::Kem>::encap_with_rng(&client_pk, Some((&sk, &pk)), rng)
+            .map_err(|_| EnvelopeError::SealFailed)?;
+        let enc: [u8; 32] = enc
+            .to_bytes()
+            .as_slice()
+            .try_into()
+            .map_err(|_| EnvelopeError::SealFailed)?;
+        Ok(PreparedResponse {
+            enclave: enclave.public(),
+            client: *client,
+            shared,
+            enc,
+        })
+    }
+
+    /// Whether this encapsulation is from `enclave` to `client`.
+    pub fn is_for(&self, enclave: &SecretKey, client: &PublicKey) -> bool {
+        self.enclave == enclave.public() && self.client == *client
+    }
+
+    /// The enclave key it is from.
+    pub fn enclave(&self) -> &PublicKey {
+        &self.enclave
+    }
+
+    /// The client key it is to.
+    pub fn client(&self) -> &PublicKey {
+        &self.client
+    }
+}
+
+impl fmt::Debug for PreparedResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedResponse")
+            .field("enclave", &KeyId::enclave(&self.enclave.0).to_string())
+            .field("client", &KeyId::client(&self.client.0).to_string())
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,6 +1,7 @@
 //! One test per refusal: each way an envelope can be wrong maps to its own
 //! typed error, and none of them panics.
 
+use super::response::RESPONSE_ENC_AT;
 use super::*;
 use crate::ids::KeyId;
 use crate::keys::SecretKey;
@@ -520,4 +521,56 @@ fn prepared_wraps_are_checked_like_recipients() {
     let shown = format!("{w:?}");
     assert!(shown.contains(enclave.enclave_id().as_str()), "{shown}");
     assert!(!shown.contains("ctx"), "{shown}");
+}
+
+/// A response sealed with an encapsulation prepared for its enclave and
+/// client opens like any other; one prepared for another key pair is not
+/// used (a fresh one is made), so a mix-up cannot produce a response the
+/// client cannot open, and each prepared one serves one response.
+#[test]
+fn prepared_response_is_used_only_for_its_keys() {
+    let client = SecretKey::generate();
+    let enclave = SecretKey::generate();
+    let other = SecretKey::generate();
+    let open_with = |prepared: Option<PreparedResponse>, expect_enc: Option<[u8; 32]>| {
+        let (mut sealer, header) =
+            ResponseSealer::new_prepared(prepared, &enclave, &client.public(), [3; 16]).unwrap();
+        let enc: [u8; 32] = header[RESPONSE_ENC_AT..RESPONSE_ENC_AT + 32]
+            .try_into()
+            .unwrap();
+        if let Some(e) = expect_enc {
+            assert_eq!(enc, e);
+        }
+        let whole = [
+            header,
+            sealer.seal_chunk(b"out", ChunkKind::Data, true).unwrap(),
+        ]
+        .concat();
+        let (_, data) = open_response(&whole, &client, &enclave.public(), &[3; 16]).unwrap();
+        assert_eq!(&data[..], b"out");
+        enc
+    };
+    let p = PreparedResponse::new(&enclave, &client.public()).unwrap();
+    assert!(p.is_for(&enclave, &client.public()));
+    assert_eq!(p.enclave(), &enclave.public());
+    let p_enc = p.enc;
+    assert_eq!(open_with(Some(p), Some(p_enc)), p_enc);
+    // Prepared from another enclave key, or to another client: not used.
+    for wrong in [
+        PreparedResponse::new(&other, &client.public()).unwrap(),
+        PreparedResponse::new(&enclave, &other.public()).unwrap(),
+    ] {
+        assert!(!wrong.is_for(&enclave, &client.public()));
+        let wrong_enc = wrong.enc;
+        assert_ne!(open_with(Some(wrong), None), wrong_enc);
+    }
+    // Two fresh setups never share an ephemeral key.
+    assert_ne!(open_with(None, None), open_with(None, None));
+    // Debug names the keys, never the secret.
+    let shown = format!(
+        "{:?}",
+        PreparedResponse::new(&enclave, &client.public()).unwrap()
+    );
+    assert!(shown.contains(client.client_id().as_str()), "{shown}");
+    assert!(!shown.contains("shared"), "{shown}");
 }
