@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use archipelago_attest::Policy;
 use archipelago_proto::api::{EncryptedPayload, Job, SubmitJobRequest, MODE_TEE};
 use archipelago_proto::envelope::{
-    open_response, peek_response_header, seal_request_prepared, ChunkKind, PreparedWrap,
-    RequestBody, RequestId, ResponseOpener, MAX_ENVELOPE_LEN,
+    open_response_with_share, peek_response_header, seal_request_prepared, ChunkKind, PreparedWrap,
+    RequestBody, RequestId, ResponseOpener, ResponseStaticShare, MAX_ENVELOPE_LEN,
 };
 use archipelago_proto::{b64, KeyId, PublicKey, SecretKey};
 use futures_util::StreamExt;
@@ -286,6 +286,18 @@ pub fn open_payload(
     key: &SecretKey,
     job_id: &str,
 ) -> Result<ConfidentialOutput, ClientError> {
+    open_payload_with(payload, record, key, job_id, None)
+}
+
+/// As [`open_payload`], taking the static half of the response's key
+/// agreement from `shares` (made there on first use).
+fn open_payload_with(
+    payload: &EncryptedPayload,
+    record: &RequestRecord,
+    key: &SecretKey,
+    job_id: &str,
+    shares: Option<&ShareCache>,
+) -> Result<ConfidentialOutput, ClientError> {
     if !payload.encrypted {
         return Err(ClientError::InvalidInput(
             "the output is not encrypted".into(),
@@ -320,7 +332,8 @@ pub fn open_payload(
         }
     }
     let pk = recipient_key(record, &view.enclave_key_id)?;
-    let (kind, data) = open_response(&bytes, key, &pk, &expected_id)?;
+    let share = shares.and_then(|c| c.get_or_make(key, &pk));
+    let (kind, data) = open_response_with_share(&bytes, key, &pk, &expected_id, share.as_deref())?;
     if kind == ChunkKind::Error {
         return Err(ClientError::EnclaveReported {
             job_id: job_id.to_string(),
@@ -352,6 +365,59 @@ pub struct Session {
     /// Wrap contexts prepared ahead of time for the enclaves this session
     /// seals to (see [`WrapPool`]).
     wraps: WrapPool,
+    /// The static half of each response's key agreement, per client key
+    /// and enclave key (see [`ShareCache`]).
+    shares: ShareCache,
+}
+
+/// `DH(client key, enclave key)` for the pairs this session opened
+/// responses for: every response from one enclave key to one client key
+/// shares it, so each open after the first does one X25519 instead of two
+/// (≈ 0.1 ms of the client's ≈ 0.24 ms open, measured in `job_e2e`).
+/// Bounded; cleared with the verified recipients. Each share zeroizes
+/// itself on drop.
+struct ShareCache {
+    shares: std::sync::Mutex<
+        std::collections::HashMap<(PublicKey, PublicKey), Arc<ResponseStaticShare>>,
+    >,
+}
+
+/// Most (client key, enclave key) pairs a session keeps a share for.
+const SHARE_PAIRS: usize = 256;
+
+impl ShareCache {
+    fn new() -> ShareCache {
+        ShareCache {
+            shares: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The share for `client` and `enclave`, made now if missing; `None`
+    /// if the enclave key cannot make one (the opener then refuses it the
+    /// usual way).
+    fn get_or_make(
+        &self,
+        client: &SecretKey,
+        enclave: &PublicKey,
+    ) -> Option<Arc<ResponseStaticShare>> {
+        let pair = (client.public(), *enclave);
+        if let Some(s) = self.shares.lock().ok()?.get(&pair) {
+            return Some(s.clone());
+        }
+        let share = Arc::new(ResponseStaticShare::new(client, enclave).ok()?);
+        let mut m = self.shares.lock().ok()?;
+        if m.len() >= SHARE_PAIRS {
+            m.clear();
+        }
+        m.insert(pair, share.clone());
+        Some(share)
+    }
+
+    fn clear(&self) {
+        if let Ok(mut m) = self.shares.lock() {
+            m.clear();
+        }
+    }
 }
 
 /// Wrap contexts ([`PreparedWrap`]) set up ahead for the enclave keys this
@@ -486,6 +552,7 @@ impl Session {
             registered: std::sync::Mutex::new(std::collections::HashSet::new()),
             he_secrets: std::sync::Mutex::new(Vec::new()),
             wraps: WrapPool::new(),
+            shares: ShareCache::new(),
         }
     }
 
@@ -668,6 +735,7 @@ impl Session {
             cache.clear();
         }
         self.wraps.clear();
+        self.shares.clear();
     }
 
     /// Seals `input` for `workload_id` (None: unbound, see
@@ -855,7 +923,7 @@ impl Session {
             // An enclave error report travels sealed in the output.
             if let Some(out) = &job.output {
                 if let Ok(p) = serde_json::from_value::<EncryptedPayload>(out.clone()) {
-                    open_payload(&p, record, key, &job.id)?;
+                    open_payload_with(&p, record, key, &job.id, Some(&self.shares))?;
                 }
             }
         }
@@ -865,7 +933,7 @@ impl Session {
                 what: format!("job {}", job.id),
                 detail: "a confidential job's output is not {\"encrypted\": true, ...}".into(),
             })?;
-        open_payload(&payload, record, key, &job.id)
+        open_payload_with(&payload, record, key, &job.id, Some(&self.shares))
     }
 
     /// Seals, submits, follows (reporting state changes and streamed
@@ -1227,6 +1295,56 @@ mod tests {
             open_payload(&p, &record, &ck, "j"),
             Err(ClientError::Envelope(_))
         ));
+    }
+
+    /// Outputs open the same with the session's cached static shares: one
+    /// share per (client key, enclave key), made on the first open; an
+    /// intruder's response is still refused.
+    #[test]
+    fn outputs_open_with_cached_shares() {
+        let (ck, ek, sealed, _s) = sealed_fixture();
+        let record = sealed.record();
+        let cache = ShareCache::new();
+        for i in 0..3u8 {
+            let out = vec![b'a' + i; 10];
+            let resp =
+                seal_response(&ek, &ck.public(), sealed.request_id, ChunkKind::Data, &out).unwrap();
+            let p = EncryptedPayload {
+                encrypted: true,
+                key_id: ck.client_id().to_string(),
+                ciphertext: b64::encode_url(&resp),
+                enclave_key_id: None,
+            };
+            let opened = open_payload_with(&p, &record, &ck, "j", Some(&cache)).unwrap();
+            assert_eq!(opened.data(), &out[..]);
+            assert_eq!(cache.shares.lock().unwrap().len(), 1);
+        }
+        let forged = seal_response(
+            &SecretKey::generate(),
+            &ck.public(),
+            sealed.request_id,
+            ChunkKind::Data,
+            b"x",
+        )
+        .unwrap();
+        // The forger's header claims the chosen enclave's key id.
+        let mut spliced = forged.clone();
+        let ek_id = ek.enclave_id();
+        spliced[24 + 1..24 + 30].copy_from_slice(ek_id.as_str().as_bytes());
+        let p = EncryptedPayload {
+            encrypted: true,
+            key_id: ck.client_id().to_string(),
+            ciphertext: b64::encode_url(&spliced),
+            enclave_key_id: None,
+        };
+        assert!(matches!(
+            open_payload_with(&p, &record, &ck, "j", Some(&cache)),
+            Err(ClientError::Envelope(
+                archipelago_proto::EnvelopeError::ChunkAuthFailed(0)
+            ))
+        ));
+        cache.clear();
+        assert!(cache.shares.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -9,8 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use archipelago_proto::envelope::{
-    open_request, open_response, seal_request_with_rng, ChunkKind, Expectations, PreparedResponse,
-    RequestBody, ResponseOpener, ResponseSealer,
+    open_request, open_response, open_response_with_share, seal_request_with_rng, ChunkKind,
+    Expectations, PreparedResponse, RequestBody, ResponseOpener, ResponseSealer,
+    ResponseStaticShare,
 };
 use archipelago_proto::SecretKey;
 use common::{pattern32, Tape};
@@ -113,6 +114,17 @@ fn derive() -> Vec<(&'static str, String)> {
         open_response(&whole, &client, &enclaves[0].public(), &request_id).unwrap();
     assert_eq!(kind, ChunkKind::Data);
     assert_eq!(&opened[..], &output[..]);
+    // The client's opener with its static share for the enclave key.
+    let share = ResponseStaticShare::new(&client, &enclaves[0].public()).unwrap();
+    let (_, with_share) = open_response_with_share(
+        &whole,
+        &client,
+        &enclaves[0].public(),
+        &request_id,
+        Some(&share),
+    )
+    .unwrap();
+    assert_eq!(&with_share[..], &output[..]);
     let mut o = ResponseOpener::new(&header, &client, &enclaves[0].public(), &request_id).unwrap();
     o.open_chunk(&chunk0).unwrap();
     o.open_chunk(&chunk1).unwrap();

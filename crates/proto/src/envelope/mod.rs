@@ -27,8 +27,9 @@ pub use request::{
     Expectations, HeaderView, OpenedRequest, PreparedWrap, RequestBody,
 };
 pub use response::{
-    open_response, peek_response_header, seal_response, Chunk, ChunkKind, PreparedResponse,
-    ResponseHeaderView, ResponseOpener, ResponseSealer, RESPONSE_HEADER_LEN,
+    open_response, open_response_with_share, peek_response_header, seal_response, Chunk, ChunkKind,
+    PreparedResponse, ResponseHeaderView, ResponseOpener, ResponseSealer, ResponseStaticShare,
+    RESPONSE_HEADER_LEN,
 };
 
 use hpke::rand_core::UnwrapErr;

@@ -327,6 +327,94 @@ impl fmt::Debug for PreparedResponse {
     }
 }
 
+/// The client's static half of a response's auth-mode key agreement,
+/// `DH(client secret key, enclave public key)` (RFC 9180 `AuthDecap`'s
+/// second Diffie-Hellman), which is the same for every response from that
+/// enclave key to that client key. A client keeps one per enclave key it
+/// seals to and opens each response with one X25519 (the ephemeral one)
+/// instead of two ([`ResponseOpener::new_with_share`]). Zeroized on drop;
+/// `Debug` shows only the key ids.
+pub struct ResponseStaticShare {
+    client: PublicKey,
+    enclave: PublicKey,
+    dh: Zeroizing<[u8; 32]>,
+}
+
+impl ResponseStaticShare {
+    /// `DH(client, enclave)`; refuses an enclave key whose result is the
+    /// all-zero value (a small-order point), as RFC 9180 §7.1.4 requires.
+    pub fn new(
+        client: &SecretKey,
+        enclave: &PublicKey,
+    ) -> Result<ResponseStaticShare, EnvelopeError> {
+        let dh = x25519(client, &enclave.0).ok_or(EnvelopeError::BadPublicKey)?;
+        Ok(ResponseStaticShare {
+            client: client.public(),
+            enclave: *enclave,
+            dh,
+        })
+    }
+
+    /// Whether this share is for `client` and `enclave`.
+    pub fn is_for(&self, client: &SecretKey, enclave: &PublicKey) -> bool {
+        self.client == client.public() && self.enclave == *enclave
+    }
+
+    /// RFC 9180 §4.1 `AuthDecap(enc, skR, pkS)` for DHKEM(X25519,
+    /// HKDF-SHA256), with `DH(skR, pkS)` taken from this share:
+    /// `ExtractAndExpand(DH(skR, pkE) ‖ DH(skR, pkS), enc ‖ pkRm ‖ pkSm)`
+    /// under the KEM's suite id, exactly as `hpke`'s own decapsulation
+    /// computes it (the documented vectors and a test against
+    /// `hpke::setup_receiver` check that).
+    fn auth_decap(
+        &self,
+        client: &SecretKey,
+        enc: &[u8],
+    ) -> Result<SharedSecret<Kem>, EnvelopeError> {
+        let enc: [u8; 32] = enc
+            .try_into()
+            .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+        let eph = x25519(client, &enc).ok_or(EnvelopeError::ChunkAuthFailed(0))?;
+        let mut ikm = Zeroizing::new([0u8; 64]);
+        ikm[..32].copy_from_slice(eph.as_ref());
+        ikm[32..].copy_from_slice(self.dh.as_ref());
+        let mut kem_context = [0u8; 96];
+        kem_context[..32].copy_from_slice(&enc);
+        kem_context[32..64].copy_from_slice(&self.client.0);
+        kem_context[64..].copy_from_slice(&self.enclave.0);
+        let id = <Kem as hpke::Kem>::KEM_ID.to_be_bytes();
+        let suite_id = [b'K', b'E', b'M', id[0], id[1]];
+        let mut shared = SharedSecret::<Kem>::default();
+        <Kdf as hpke::kdf::Kdf>::extract_and_expand(
+            ikm.as_ref(),
+            &suite_id,
+            &kem_context,
+            &mut shared.0,
+        )
+        .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+        Ok(shared)
+    }
+}
+
+/// X25519 of `sk` and the point `pk`; `None` for the all-zero result.
+fn x25519(sk: &SecretKey, pk: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+    let secret = x25519_dalek::StaticSecret::from(*sk.to_bytes());
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*pk));
+    if !shared.was_contributory() {
+        return None;
+    }
+    Some(Zeroizing::new(*shared.as_bytes()))
+}
+
+impl fmt::Debug for ResponseStaticShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseStaticShare")
+            .field("client", &KeyId::client(&self.client.0).to_string())
+            .field("enclave", &KeyId::enclave(&self.enclave.0).to_string())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens a response chunk by chunk on the client.
 pub struct ResponseOpener {
     ctx: AeadCtxR<Aead, Kdf, Kem>,
@@ -355,6 +443,19 @@ impl ResponseOpener {
         enclave: &PublicKey,
         request_id: &RequestId,
     ) -> Result<ResponseOpener, EnvelopeError> {
+        Self::new_with_share(header, client, enclave, request_id, None)
+    }
+
+    /// As [`ResponseOpener::new`], reusing the static Diffie-Hellman of
+    /// `share` when it is for this client key and enclave key (one X25519
+    /// instead of two, and no public-key derivation). Same result.
+    pub fn new_with_share(
+        header: &[u8],
+        client: &SecretKey,
+        enclave: &PublicKey,
+        request_id: &RequestId,
+        share: Option<&ResponseStaticShare>,
+    ) -> Result<ResponseOpener, EnvelopeError> {
         let HeaderParts {
             view,
             info_part,
@@ -376,17 +477,26 @@ impl ResponseOpener {
         if view.request_id != *request_id {
             return Err(EnvelopeError::RequestIdMismatch);
         }
-        let (sk, _) = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
         let sender = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-            .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
-        let ctx = hpke::setup_receiver::<Aead, Kdf, Kem>(
-            &OpModeR::Auth(sender),
-            &sk,
-            &enc,
-            &response_info(info_part),
-        )
-        .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+        let info = response_info(info_part);
+        let ctx = match share.filter(|s| s.is_for(client, enclave)) {
+            Some(share) => {
+                let shared = share.auth_decap(client, enc)?;
+                <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(
+                    &OpModeR::Auth(sender),
+                    shared,
+                    &info,
+                )
+                .into()
+            }
+            None => {
+                let (sk, _) = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
+                let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+                    .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+                hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Auth(sender), &sk, &enc, &info)
+                    .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?
+            }
+        };
         Ok(ResponseOpener {
             ctx,
             request_id: *request_id,
@@ -512,13 +622,25 @@ pub fn open_response(
     enclave: &PublicKey,
     request_id: &RequestId,
 ) -> Result<(ChunkKind, Zeroizing<Vec<u8>>), EnvelopeError> {
+    open_response_with_share(bytes, client, enclave, request_id, None)
+}
+
+/// As [`open_response`], with the client's static share for `enclave`
+/// ([`ResponseStaticShare`]) when it has one.
+pub fn open_response_with_share(
+    bytes: &[u8],
+    client: &SecretKey,
+    enclave: &PublicKey,
+    request_id: &RequestId,
+    share: Option<&ResponseStaticShare>,
+) -> Result<(ChunkKind, Zeroizing<Vec<u8>>), EnvelopeError> {
     if bytes.len() > MAX_ENVELOPE_LEN {
         return Err(EnvelopeError::TooLarge {
             len: bytes.len(),
             max: MAX_ENVELOPE_LEN,
         });
     }
-    let mut opener = ResponseOpener::new(bytes, client, enclave, request_id)?;
+    let mut opener = ResponseOpener::new_with_share(bytes, client, enclave, request_id, share)?;
     let mut r = Reader::new(bytes);
     r.take(RESPONSE_HEADER_LEN, "response header")?;
     let mut kind = ChunkKind::Data;

@@ -4,6 +4,7 @@
 use super::response::RESPONSE_ENC_AT;
 use super::*;
 use crate::ids::KeyId;
+use crate::keys::PublicKey;
 use crate::keys::SecretKey;
 
 struct Fixture {
@@ -573,4 +574,79 @@ fn prepared_response_is_used_only_for_its_keys() {
     );
     assert!(shown.contains(client.client_id().as_str()), "{shown}");
     assert!(!shown.contains("shared"), "{shown}");
+}
+
+/// Opening with the client's cached static share gives what HPKE's own
+/// receiver setup gives, for many key pairs; a share for other keys is not
+/// used; a small-order enclave key is refused when the share is made.
+#[test]
+fn static_share_opens_exactly_like_hpke() {
+    for i in 0..32u8 {
+        let client = SecretKey::generate();
+        let enclave = SecretKey::generate();
+        let out = vec![i; 1 + i as usize * 7];
+        let sealed =
+            seal_response(&enclave, &client.public(), [i; 16], ChunkKind::Data, &out).unwrap();
+        let share = ResponseStaticShare::new(&client, &enclave.public()).unwrap();
+        assert!(share.is_for(&client, &enclave.public()));
+        let (_, a) = open_response(&sealed, &client, &enclave.public(), &[i; 16]).unwrap();
+        let (_, b) =
+            open_response_with_share(&sealed, &client, &enclave.public(), &[i; 16], Some(&share))
+                .unwrap();
+        assert_eq!(&a[..], &out[..]);
+        assert_eq!(&b[..], &out[..]);
+        // Streamed: the opener from the share opens every chunk.
+        let mut o = ResponseOpener::new_with_share(
+            &sealed,
+            &client,
+            &enclave.public(),
+            &[i; 16],
+            Some(&share),
+        )
+        .unwrap();
+        let chunk = o.open_chunk(&sealed[RESPONSE_HEADER_LEN..]).unwrap();
+        assert_eq!(chunk.data(), &out[..]);
+        // Altered: still refused.
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            open_response_with_share(&bad, &client, &enclave.public(), &[i; 16], Some(&share)),
+            Err(EnvelopeError::ChunkAuthFailed(0))
+        ));
+    }
+    // A share for another enclave or client is ignored, not misused.
+    let client = SecretKey::generate();
+    let enclave = SecretKey::generate();
+    let sealed = seal_response(&enclave, &client.public(), [1; 16], ChunkKind::Data, b"x").unwrap();
+    for wrong in [
+        ResponseStaticShare::new(&client, &SecretKey::generate().public()).unwrap(),
+        ResponseStaticShare::new(&SecretKey::generate(), &enclave.public()).unwrap(),
+    ] {
+        assert!(!wrong.is_for(&client, &enclave.public()));
+        let (_, data) =
+            open_response_with_share(&sealed, &client, &enclave.public(), &[1; 16], Some(&wrong))
+                .unwrap();
+        assert_eq!(&data[..], b"x");
+    }
+    // A response forged by another key fails with the share too.
+    let forger = SecretKey::generate();
+    let forged = seal_response(&forger, &client.public(), [1; 16], ChunkKind::Data, b"x").unwrap();
+    let mut spliced = forged.clone();
+    spliced[8 + 16..8 + 16 + 30].copy_from_slice(&sealed[8 + 16..8 + 16 + 30]);
+    let share = ResponseStaticShare::new(&client, &enclave.public()).unwrap();
+    assert!(matches!(
+        open_response_with_share(&spliced, &client, &enclave.public(), &[1; 16], Some(&share)),
+        Err(EnvelopeError::ChunkAuthFailed(0))
+    ));
+    // The identity point (u = 0) gives the all-zero DH: refused.
+    assert!(matches!(
+        ResponseStaticShare::new(&client, &PublicKey([0; 32])),
+        Err(EnvelopeError::BadPublicKey)
+    ));
+    let shown = format!("{share:?}");
+    assert!(
+        shown.contains(enclave.enclave_id().as_str()) && !shown.contains("dh"),
+        "{shown}"
+    );
 }
