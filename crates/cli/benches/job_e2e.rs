@@ -410,15 +410,15 @@ async fn run(
 
     println!("| job | rounds | plain median | confidential median | ratio of medians | median ratio per round (IQR) | client seal (incl. recipient check) | client open (of which HPKE, in-process) | enclave open + seal (in-process) | crypto share of plain |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    // What the enclave does for a client it answered before (the bench's
+    // case after the warm-up), unless preparing is turned off.
+    let prepared =
+        std::env::var("ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY").map_or(true, |v| v.trim() != "0");
     for (name, s) in [
         ("classify (MiniLM), one sentence", &mut classify),
         ("classify (MiniLM), patient record", &mut record),
         (&*format!("chat ({chat_tokens} tokens, greedy)"), &mut chat),
     ] {
-        // What the enclave does for a client it answered before (the
-        // bench's case after the warm-up), unless preparing is turned off.
-        let prepared = std::env::var("ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY")
-            .map_or(true, |v| v.trim() != "0");
         let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, prepared);
         let (open_hpke, open_hpke_no_share) = client_open_ms(s.output_len);
         let n = s.pair_ratio.len();

@@ -252,17 +252,21 @@ impl Enclave {
     }
 
     /// After a job's last frame: the encapsulation for the client's next
-    /// response from the same key, if the key is still held.
+    /// response from the same key, kept if the key is still held. The check
+    /// and the insert happen under the key ring's lock (the order
+    /// [`Enclave::tick`] takes them in), so a key dropped meanwhile cannot
+    /// leave an entry behind until the next key change.
     fn prepare_next(&self, key: &Arc<EnclaveKey>, client: &PublicKey) {
-        if lock(&self.keys)
-            .find(std::slice::from_ref(key.id()))
-            .is_none()
-        {
-            return;
-        }
-        match PreparedResponse::new(key.secret(), client) {
-            Ok(p) => lock(&self.prepared).put(p),
-            Err(e) => tracing::debug!(error = %e, "no response encapsulation prepared"),
+        let prepared = match PreparedResponse::new(key.secret(), client) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "no response encapsulation prepared");
+                return;
+            }
+        };
+        let ring = lock(&self.keys);
+        if ring.find(std::slice::from_ref(key.id())).is_some() {
+            lock(&self.prepared).put(prepared);
         }
     }
 
@@ -527,14 +531,7 @@ mod tests {
         e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
             frames.push(m)
         });
-        let mut whole = Vec::new();
-        for f in &frames {
-            if let FromEnclave::ResponseHeader { bytes, .. }
-            | FromEnclave::ResponseChunk { bytes, .. } = f
-            {
-                whole.extend_from_slice(bytes);
-            }
-        }
+        let whole = response_bytes(&frames);
         assert!(matches!(frames.last(), Some(FromEnclave::JobDone { .. })));
         let (_, out) = open_response(
             &whole,
@@ -557,6 +554,7 @@ mod tests {
         );
     }
 
+    /// The response header and chunks a job's frames carry, concatenated.
     fn response_bytes(frames: &[FromEnclave]) -> Vec<u8> {
         let mut whole = Vec::new();
         for f in frames {

@@ -63,6 +63,15 @@ pub(crate) type Aead = hpke::aead::ChaCha20Poly1305;
 pub(crate) type Kdf = hpke::kdf::HkdfSha256;
 pub(crate) type Kem = hpke::kem::X25519HkdfSha256;
 
+/// An HPKE `enc` (the X25519 ephemeral public key) as its 32 bytes.
+pub(crate) fn enc_bytes(enc: &<Kem as hpke::Kem>::EncappedKey) -> Result<[u8; 32], EnvelopeError> {
+    use hpke::Serializable;
+    enc.to_bytes()
+        .as_slice()
+        .try_into()
+        .map_err(|_| EnvelopeError::SealFailed)
+}
+
 /// The operating system's CSPRNG, as the RNG type HPKE takes.
 pub fn os_rng() -> UnwrapErr<getrandom::SysRng> {
     UnwrapErr(getrandom::SysRng)

@@ -19,7 +19,7 @@ use std::fmt;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::ChaCha20Poly1305;
 use hpke::rand_core::CryptoRng;
-use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use hpke::{Deserializable, OpModeR, OpModeS};
 use zeroize::Zeroizing;
 
 use super::codec::{put_key_id, put_preamble, Reader};
@@ -273,11 +273,7 @@ impl PreparedWrap {
         let (enc, ctx) =
             hpke::setup_sender_with_rng::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, INFO_WRAP, rng)
                 .map_err(|_| EnvelopeError::SealFailed)?;
-        let enc: [u8; ENC_LEN] = enc
-            .to_bytes()
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnvelopeError::SealFailed)?;
+        let enc = super::enc_bytes(&enc)?;
         Ok(PreparedWrap {
             recipient: *recipient,
             enc,

@@ -20,7 +20,7 @@ use std::fmt;
 
 use hpke::kem::SharedSecret;
 use hpke::rand_core::CryptoRng;
-use hpke::{aead::AeadCtxR, aead::AeadCtxS, Deserializable, OpModeR, OpModeS, Serializable};
+use hpke::{aead::AeadCtxR, aead::AeadCtxS, Deserializable, OpModeR, OpModeS};
 use zeroize::Zeroizing;
 
 use super::codec::{put_key_id, put_preamble, Reader};
@@ -289,11 +289,7 @@ impl PreparedResponse {
         let client_pk = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
         let (shared, enc) = <Kem as hpke::Kem>::encap_with_rng(&client_pk, Some((&sk, &pk)), rng)
             .map_err(|_| EnvelopeError::SealFailed)?;
-        let enc: [u8; 32] = enc
-            .to_bytes()
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnvelopeError::SealFailed)?;
+        let enc = super::enc_bytes(&enc)?;
         Ok(PreparedResponse {
             enclave: enclave.public(),
             client: *client,

@@ -639,6 +639,16 @@ fn static_share_opens_exactly_like_hpke() {
         open_response_with_share(&spliced, &client, &enclave.public(), &[1; 16], Some(&share)),
         Err(EnvelopeError::ChunkAuthFailed(0))
     ));
+    // A response whose `enc` is the identity point (all-zero ephemeral DH)
+    // is refused on the share path as HPKE refuses it.
+    let mut zero_enc = sealed.clone();
+    zero_enc[RESPONSE_ENC_AT..RESPONSE_ENC_AT + 32].fill(0);
+    for share in [None, Some(&share)] {
+        assert!(matches!(
+            open_response_with_share(&zero_enc, &client, &enclave.public(), &[1; 16], share),
+            Err(EnvelopeError::ChunkAuthFailed(0))
+        ));
+    }
     // The identity point (u = 0) gives the all-zero DH: refused.
     assert!(matches!(
         ResponseStaticShare::new(&client, &PublicKey([0; 32])),
