@@ -27,7 +27,8 @@
 //! `BENCH_SAMPLES=FILE` also writes the raw classify samples as CSV;
 //! `BENCH_KEEP_LOGS=1` keeps the processes' logs (named at the end), and
 //! `BENCH_LOG` sets their filter (default `info`).
-//! `ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY=0` (inherited by the enclave)
+//! `BENCH_NO_IDEMPOTENCY=1` submits the confidential jobs without the
+//! SDK's Idempotency-Key. `ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY=0` (inherited by the enclave)
 //! turns off the response encapsulations the enclave prepares between a
 //! client's jobs, for an A/B run of the same build.
 
@@ -140,6 +141,12 @@ struct Samples {
     exec_conf: Vec<f64>,
     /// confidential / plain of each round's pair.
     pair_ratio: Vec<f64>,
+    /// The submit call alone (request → 201), plain and confidential.
+    submit_plain: Vec<f64>,
+    submit_conf: Vec<f64>,
+    /// From the submit's answer to the result in hand (SSE), both.
+    wait_plain: Vec<f64>,
+    wait_conf: Vec<f64>,
     input_len: usize,
     output_len: usize,
 }
@@ -299,29 +306,57 @@ async fn run(
             timeout_seconds: None,
         };
         let job = session.api().submit_job(&req, None).await?;
+        let submitted = t0.elapsed();
         let job = session.wait(&job.id, timeout).await?;
+        let total = t0.elapsed();
         if job.state != "succeeded" {
             bail!("plain job {} ended {}: {:?}", job.id, job.state, job.error);
         }
-        Ok::<_, anyhow::Error>((t0.elapsed(), job.execution_ms.unwrap_or(0) as f64))
+        Ok::<_, anyhow::Error>((
+            total,
+            job.execution_ms.unwrap_or(0) as f64,
+            submitted,
+            total - submitted,
+        ))
     };
+    // The SDK submits a sealed request with its request id as the
+    // Idempotency-Key (a retry is then safe); plain submissions here, as in
+    // `archipelago run`, send none. `BENCH_NO_IDEMPOTENCY=1` submits the
+    // confidential jobs without one too, to show what that costs.
+    let no_idem = std::env::var_os("BENCH_NO_IDEMPOTENCY").is_some_and(|v| v == "1");
     let conf = |w: i64, input: Vec<u8>| {
         let key = &key;
         async move {
             let t0 = Instant::now();
             let sealed = session.seal(Some(w), &input, key).await?;
             let seal_t = t0.elapsed();
-            let job = session.submit(&sealed).await?;
+            let ts = Instant::now();
+            let job = if no_idem {
+                let req = sealed.submit_request(w);
+                session.api().submit_job(&req, None).await?
+            } else {
+                session.submit(&sealed).await?
+            };
+            let submit_t = ts.elapsed();
             let mut record = sealed.record();
             record.job_id = Some(job.id.clone());
             let (job, _) = session
                 .follow(&job.id, timeout, Some((&record, key)), &mut |_| {})
                 .await?;
             let t1 = Instant::now();
+            let wait_t = t1 - ts - submit_t;
             let out = session.open_job(&job, &record, key)?;
             let open_t = t1.elapsed();
             let exec = job.execution_ms.unwrap_or(0) as f64;
-            Ok::<_, anyhow::Error>((t0.elapsed(), seal_t, open_t, out.data().len(), exec))
+            Ok::<_, anyhow::Error>((
+                t0.elapsed(),
+                seal_t,
+                open_t,
+                out.data().len(),
+                exec,
+                submit_t,
+                wait_t,
+            ))
         }
     };
 
@@ -356,12 +391,16 @@ async fn run(
             for round in 0..$rounds {
                 for step in 0..2 {
                     if (step + round) % 2 == 0 {
-                        let (t, e) = plain($w, $json.clone()).await?;
+                        let (t, e, sub, wait) = plain($w, $json.clone()).await?;
                         $s.plain.push(ms(t));
                         $s.exec_plain.push(e);
+                        $s.submit_plain.push(ms(sub));
+                        $s.wait_plain.push(ms(wait));
                     } else {
-                        let (t, s, o, n, e) = conf($w, $bytes.clone()).await?;
+                        let (t, s, o, n, e, sub, wait) = conf($w, $bytes.clone()).await?;
                         $s.conf.push(ms(t));
+                        $s.submit_conf.push(ms(sub));
+                        $s.wait_conf.push(ms(wait));
                         $s.exec_conf.push(e);
                         $s.seal.push(ms(s));
                         $s.open.push(ms(o));
@@ -435,7 +474,7 @@ async fn run(
         );
     }
     println!(
-        "\n| job | island execution_ms, plain | confidential (enclave round trip) |\n|---|---|---|"
+        "\n| job | island execution_ms, plain | confidential (enclave round trip) | submit call, plain | confidential | submit → result, plain | confidential |\n|---|---|---|---|---|---|---|"
     );
     for (name, s) in [
         ("classify, sentence", &mut classify),
@@ -443,9 +482,13 @@ async fn run(
         ("chat", &mut chat),
     ] {
         println!(
-            "| {name} | {:.1} ms | {:.1} ms |",
+            "| {name} | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             median(&mut s.exec_plain),
-            median(&mut s.exec_conf)
+            median(&mut s.exec_conf),
+            median(&mut s.submit_plain),
+            median(&mut s.submit_conf),
+            median(&mut s.wait_plain),
+            median(&mut s.wait_conf)
         );
     }
     println!("\nclassify {classify_rounds} rounds, chat {rounds}; each round one plain and one confidential job, order alternating; medians.");

@@ -27,6 +27,15 @@ use crate::util::hash_token;
 /// immediate; on other replicas it takes at most this long.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// What a job submission checks of a registered client key.
+#[derive(Debug, Clone)]
+pub struct ClientKeyFacts {
+    /// `x25519` or `he-bfv`.
+    pub kind: String,
+    /// HE parameter set name (`he-bfv` keys only).
+    pub params: Option<String>,
+}
+
 /// In-process counters exported on `/metrics`.
 #[derive(Default)]
 pub struct Counters {
@@ -51,6 +60,10 @@ pub struct Inner {
     pub replica_id: String,
     workloads: Mutex<(Instant, Arc<Vec<WorkloadRow>>)>,
     api_keys: Mutex<HashMap<String, (Instant, ApiKeyRow)>>,
+    /// (account id, key id) → what a submission checks of a registered
+    /// client key; cached like tokens (deletion on this replica is
+    /// immediate, on others it takes at most [`AUTH_CACHE_TTL`]).
+    client_keys: Mutex<HashMap<(String, String), (Instant, ClientKeyFacts)>>,
     islands: Mutex<HashMap<String, (Instant, IslandRow)>>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
@@ -83,6 +96,7 @@ impl AppState {
                 Arc::new(Vec::new()),
             )),
             api_keys: Mutex::new(HashMap::new()),
+            client_keys: Mutex::new(HashMap::new()),
             islands: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
         }))
@@ -109,6 +123,46 @@ impl AppState {
 
     pub async fn workload(&self, id: i64) -> Result<Option<WorkloadRow>, ApiError> {
         Ok(self.workloads().await?.iter().find(|w| w.id == id).cloned())
+    }
+
+    /// The kind and HE parameters of the client key `key_id` registered by
+    /// `account_id` (`None`: not registered), from a cache of
+    /// [`AUTH_CACHE_TTL`] (not the key material: HE evaluation keys are
+    /// large).
+    pub async fn client_key_facts(
+        &self,
+        account_id: &str,
+        key_id: &str,
+    ) -> Result<Option<ClientKeyFacts>, ApiError> {
+        let k = (account_id.to_string(), key_id.to_string());
+        let cached = self.client_keys.lock().ok().and_then(|m| {
+            m.get(&k)
+                .filter(|(t, _)| t.elapsed() < AUTH_CACHE_TTL)
+                .map(|(_, f)| f.clone())
+        });
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let Some(row) = self.store.client_key(account_id, key_id).await? else {
+            return Ok(None);
+        };
+        let facts = ClientKeyFacts {
+            kind: row.kind,
+            params: row.params,
+        };
+        if let Ok(mut m) = self.client_keys.lock() {
+            if m.len() > 100_000 {
+                m.clear();
+            }
+            m.insert(k, (Instant::now(), facts.clone()));
+        }
+        Ok(Some(facts))
+    }
+
+    pub fn forget_client_key(&self, account_id: &str, key_id: &str) {
+        if let Ok(mut m) = self.client_keys.lock() {
+            m.remove(&(account_id.to_string(), key_id.to_string()));
+        }
     }
 
     pub fn forget_api_key(&self, token_hash: &str) {

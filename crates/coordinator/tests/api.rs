@@ -1442,6 +1442,20 @@ async fn he_placement(b: Backend) {
     assert_eq!(s["he_jobs"]["queued"], 0, "{s}");
     assert_eq!(s["tee_jobs"]["assigned"], 0, "{s}");
     assert!(s["tee_types"].is_object() && s["attested_hosts"].is_number());
+    // A deleted key takes no more jobs at once, although the submissions
+    // above had its facts cached.
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/confidential/keys/{kid}"),
+            Some(&user),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = h.post("/api/v1/jobs", &user, job(4, &agg)).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(r.body["error"]["fields"][0]["field"], "encryption_key_id");
     h.finish().await;
 }
 both!(he_t, he_placement);

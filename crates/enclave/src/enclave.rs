@@ -217,9 +217,13 @@ impl Enclave {
         let exec_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Ok(done) => {
-                // One line per job (the island forwards the enclave's log
-                // lines, each a pipe write and a wake-up of the agent while
-                // the model runs): ids and sizes only.
+                emit(FromEnclave::JobDone {
+                    job_id: job.job_id.clone(),
+                    exec_ms,
+                });
+                // One line per job, after its last frame (the island
+                // forwards the enclave's log lines, each a pipe write and a
+                // wake-up of the agent): ids and sizes only.
                 tracing::info!(
                     job_id = %job.job_id,
                     workload_id = job.workload_id,
@@ -232,18 +236,14 @@ impl Enclave {
                     exec_ms,
                     "job done"
                 );
-                emit(FromEnclave::JobDone {
-                    job_id: job.job_id.clone(),
-                    exec_ms,
-                });
             }
             Err((code, sealed_error)) => {
-                tracing::warn!(job_id = %job.job_id, code = code.as_str(), sealed_error, exec_ms, "job failed");
                 emit(FromEnclave::JobFailed {
                     job_id: job.job_id.clone(),
                     code,
                     sealed_error,
                 });
+                tracing::warn!(job_id = %job.job_id, code = code.as_str(), sealed_error, exec_ms, "job failed");
             }
         }
         if let Some((key, client)) = answered {

@@ -166,7 +166,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         max_jobs: args.max_jobs.max(1),
         tick: Duration::from_millis(args.tick_ms.max(10)),
     };
-    serve(enclave, std::io::stdin().lock(), std::io::stdout(), opts)?;
+    serve(enclave, std::io::stdin(), std::io::stdout(), opts)?;
     tracing::info!("enclave stopped; keys zeroized");
     Ok(())
 }

@@ -199,7 +199,7 @@ impl Enclave {
                 source,
             })?;
         let pid = child.id();
-        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(EnclaveError::Protocol("enclave pipes missing".into()));
         };
         let (writer, mut frames) = mpsc::channel::<Vec<u8>>(64);
@@ -214,6 +214,9 @@ impl Enclave {
         let routes: Routes = Arc::default();
         let reader_routes = routes.clone();
         tokio::spawn(async move {
+            // Buffered: a job's frames come in one write, and are then
+            // taken in one read rather than two or more per frame.
+            let mut stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
             loop {
                 match read_frame_async(&mut stdout).await {
                     Ok(Some(frame)) => route(&reader_routes, &events, frame),

@@ -408,11 +408,12 @@ pub async fn delete_key(
     Path(key_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     auth.require("write")?;
-    if st
+    let deleted = st
         .store
         .delete_client_key(auth.account_id(), &key_id)
-        .await?
-    {
+        .await?;
+    st.forget_client_key(auth.account_id(), &key_id);
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("key"))
@@ -673,8 +674,7 @@ pub async fn submit_job(
             ApiError::field("encryption_key_id", "required for a confidential job")
         })?;
         let key = st
-            .store
-            .client_key(auth.account_id(), key_id)
+            .client_key_facts(auth.account_id(), key_id)
             .await?
             .ok_or_else(|| {
                 ApiError::field(
