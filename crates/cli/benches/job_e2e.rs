@@ -4,8 +4,9 @@
 //! island (`archipelago island --tee sim`, supervising its
 //! `archipelago-enclave`), both with the real models.
 //!
-//! The same MiniLM classify jobs (one sentence, and a ~600-character
-//! patient record whose model takes ~15 ms) and the same short greedy chat
+//! The same MiniLM classify jobs (one sentence, a ~600-character patient
+//! record whose model takes 15–30 ms depending on the machine, and its
+//! first half, ~15 ms where the whole takes ~30) and the same short greedy chat
 //! job run plain and confidential in pairs, one pair per round, the order
 //! alternating; classify gets many more rounds (`BENCH_CLASSIFY_ROUNDS`,
 //! default 200) than chat (`BENCH_ROUNDS`, default 10), because a ~10 ms job
@@ -292,6 +293,11 @@ async fn run(
         from around 180 to 130 mg/dL, weight is down four pounds, and she says her energy in the afternoon is \
         much better. No episodes of low blood sugar. She is worried about the long-term effect on her kidneys \
         and asks whether the dose can be increased to reach her target faster."});
+    // Its first half (two sentences fewer): on machines where the whole
+    // record's model takes ~30 ms, this one's takes ~15 ms.
+    let short_in = json!({"text": "Patient, 54, type 2 diabetes for nine years, started on metformin \
+        500 mg twice daily after her HbA1c rose to 8.1 %. Reports nausea and loose stools during the first \
+        three weeks, now resolved when the dose is taken with meals."});
     let chat_in = json!({"prompt": "Name three colours of the rainbow.", "max_tokens": chat_tokens, "temperature": 0.0, "seed": 1});
     let timeout = Duration::from_secs(600);
 
@@ -362,6 +368,7 @@ async fn run(
 
     let classify_bytes = serde_json::to_vec(&classify_in)?;
     let record_bytes = serde_json::to_vec(&record_in)?;
+    let short_bytes = serde_json::to_vec(&short_in)?;
     let chat_bytes = serde_json::to_vec(&chat_in)?;
     eprintln!("warming up (model loads in the island and in the enclave)…");
     for _ in 0..2 {
@@ -369,6 +376,8 @@ async fn run(
         conf(CLASSIFY, classify_bytes.clone()).await?;
         plain(CLASSIFY, record_in.clone()).await?;
         conf(CLASSIFY, record_bytes.clone()).await?;
+        plain(CLASSIFY, short_in.clone()).await?;
+        conf(CLASSIFY, short_bytes.clone()).await?;
         plain(CHAT, chat_in.clone()).await?;
         conf(CHAT, chat_bytes.clone()).await?;
     }
@@ -378,6 +387,10 @@ async fn run(
     };
     let mut record = Samples {
         input_len: record_bytes.len(),
+        ..Default::default()
+    };
+    let mut short = Samples {
+        input_len: short_bytes.len(),
         ..Default::default()
     };
     let mut chat = Samples {
@@ -431,11 +444,23 @@ async fn run(
         record,
         "classify (record)"
     );
+    pairs!(
+        classify_rounds,
+        CLASSIFY,
+        short_in,
+        short_bytes,
+        short,
+        "classify (short record)"
+    );
     if let Ok(path) = std::env::var("BENCH_SAMPLES") {
         // Raw classify samples, one line per round, for looking at the
         // distribution: job, plain ms, confidential ms, seal ms, open ms.
         let mut csv = String::from("job,plain_ms,confidential_ms,seal_ms,open_ms\n");
-        for (name, s) in [("sentence", &classify), ("record", &record)] {
+        for (name, s) in [
+            ("sentence", &classify),
+            ("record", &record),
+            ("short_record", &short),
+        ] {
             for i in 0..s.conf.len() {
                 csv.push_str(&format!(
                     "{name},{:.3},{:.3},{:.3},{:.3}\n",
@@ -456,6 +481,7 @@ async fn run(
     for (name, s) in [
         ("classify (MiniLM), one sentence", &mut classify),
         ("classify (MiniLM), patient record", &mut record),
+        ("classify (MiniLM), half the record", &mut short),
         (&*format!("chat ({chat_tokens} tokens, greedy)"), &mut chat),
     ] {
         let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, prepared);
@@ -479,6 +505,7 @@ async fn run(
     for (name, s) in [
         ("classify, sentence", &mut classify),
         ("classify, record", &mut record),
+        ("classify, half record", &mut short),
         ("chat", &mut chat),
     ] {
         println!(
