@@ -4,6 +4,7 @@
 //! API errors (400 for malformed JSON, 422 naming the field, 413 too large).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,57 @@ use crate::util::hash_token;
 /// How long a verified token stays cached. Revocation on this replica is
 /// immediate; on other replicas it takes at most this long.
 const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Island tokens are cached for less, since a revoked island must stop
+/// leasing soon.
+const ISLAND_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Entries past this many are dropped all at once.
+const MAX_CACHED: usize = 100_000;
+
+/// A map whose entries are good for `ttl` after they were put; bounded
+/// (cleared when it grows past [`MAX_CACHED`]).
+struct TtlCache<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        TtlCache {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        let m = self.map.lock().ok()?;
+        m.get(k)
+            .filter(|(t, _)| t.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, k: K, v: V) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() > MAX_CACHED {
+                m.clear();
+            }
+            m.insert(k, (Instant::now(), v));
+        }
+    }
+
+    fn remove(&self, k: &K) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(k);
+        }
+    }
+
+    fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+        if let Ok(mut m) = self.map.lock() {
+            m.retain(|_, (_, v)| keep(v));
+        }
+    }
+}
 
 /// What a job submission checks of a registered client key.
 #[derive(Debug, Clone)]
@@ -59,12 +111,12 @@ pub struct Inner {
     /// Identifies this replica in NOTIFY payloads.
     pub replica_id: String,
     workloads: Mutex<(Instant, Arc<Vec<WorkloadRow>>)>,
-    api_keys: Mutex<HashMap<String, (Instant, ApiKeyRow)>>,
+    api_keys: TtlCache<String, ApiKeyRow>,
     /// (account id, key id) → what a submission checks of a registered
     /// client key; cached like tokens (deletion on this replica is
     /// immediate, on others it takes at most [`AUTH_CACHE_TTL`]).
-    client_keys: Mutex<HashMap<(String, String), (Instant, ClientKeyFacts)>>,
-    islands: Mutex<HashMap<String, (Instant, IslandRow)>>,
+    client_keys: TtlCache<(String, String), ClientKeyFacts>,
+    islands: TtlCache<String, IslandRow>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -95,9 +147,9 @@ impl AppState {
                 Instant::now() - Duration::from_secs(3600),
                 Arc::new(Vec::new()),
             )),
-            api_keys: Mutex::new(HashMap::new()),
-            client_keys: Mutex::new(HashMap::new()),
-            islands: Mutex::new(HashMap::new()),
+            api_keys: TtlCache::new(AUTH_CACHE_TTL),
+            client_keys: TtlCache::new(AUTH_CACHE_TTL),
+            islands: TtlCache::new(ISLAND_CACHE_TTL),
             buckets: Mutex::new(HashMap::new()),
         }))
     }
@@ -135,13 +187,8 @@ impl AppState {
         key_id: &str,
     ) -> Result<Option<ClientKeyFacts>, ApiError> {
         let k = (account_id.to_string(), key_id.to_string());
-        let cached = self.client_keys.lock().ok().and_then(|m| {
-            m.get(&k)
-                .filter(|(t, _)| t.elapsed() < AUTH_CACHE_TTL)
-                .map(|(_, f)| f.clone())
-        });
-        if cached.is_some() {
-            return Ok(cached);
+        if let Some(f) = self.client_keys.get(&k) {
+            return Ok(Some(f));
         }
         let Some(row) = self.store.client_key(account_id, key_id).await? else {
             return Ok(None);
@@ -150,31 +197,21 @@ impl AppState {
             kind: row.kind,
             params: row.params,
         };
-        if let Ok(mut m) = self.client_keys.lock() {
-            if m.len() > 100_000 {
-                m.clear();
-            }
-            m.insert(k, (Instant::now(), facts.clone()));
-        }
+        self.client_keys.put(k, facts.clone());
         Ok(Some(facts))
     }
 
     pub fn forget_client_key(&self, account_id: &str, key_id: &str) {
-        if let Ok(mut m) = self.client_keys.lock() {
-            m.remove(&(account_id.to_string(), key_id.to_string()));
-        }
+        self.client_keys
+            .remove(&(account_id.to_string(), key_id.to_string()));
     }
 
     pub fn forget_api_key(&self, token_hash: &str) {
-        if let Ok(mut m) = self.api_keys.lock() {
-            m.remove(token_hash);
-        }
+        self.api_keys.remove(&token_hash.to_string());
     }
 
     pub fn forget_island(&self, island_id: &str) {
-        if let Ok(mut m) = self.islands.lock() {
-            m.retain(|_, (_, i)| i.id != island_id);
-        }
+        self.islands.retain(|i| i.id != island_id);
     }
 
     /// Publishes a job change to local SSE subscribers only (the store
@@ -270,12 +307,7 @@ impl FromRequestParts<AppState> for Auth {
             return Err(ApiError::unauthorized("malformed API key (expected ak_…)"));
         }
         let hash = hash_token(token);
-        let cached = state.api_keys.lock().ok().and_then(|m| {
-            m.get(&hash)
-                .filter(|(t, _)| t.elapsed() < AUTH_CACHE_TTL)
-                .map(|(_, k)| k.clone())
-        });
-        let key = match cached {
+        let key = match state.api_keys.get(&hash) {
             Some(k) => k,
             None => {
                 let k = state
@@ -283,12 +315,7 @@ impl FromRequestParts<AppState> for Auth {
                     .api_key_by_hash(&hash)
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
-                if let Ok(mut m) = state.api_keys.lock() {
-                    if m.len() > 100_000 {
-                        m.clear();
-                    }
-                    m.insert(hash, (Instant::now(), k.clone()));
-                }
+                state.api_keys.put(hash, k.clone());
                 k
             }
         };
@@ -331,12 +358,7 @@ impl FromRequestParts<AppState> for IslandAuth {
             ));
         }
         let hash = hash_token(token);
-        let cached = state.islands.lock().ok().and_then(|m| {
-            m.get(&hash)
-                .filter(|(t, _)| t.elapsed() < Duration::from_secs(2))
-                .map(|(_, i)| i.clone())
-        });
-        let island = match cached {
+        let island = match state.islands.get(&hash) {
             Some(i) => i,
             None => {
                 let i = state
@@ -344,12 +366,7 @@ impl FromRequestParts<AppState> for IslandAuth {
                     .island_by_token_hash(&hash)
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("unknown island token"))?;
-                if let Ok(mut m) = state.islands.lock() {
-                    if m.len() > 100_000 {
-                        m.clear();
-                    }
-                    m.insert(hash, (Instant::now(), i.clone()));
-                }
+                state.islands.put(hash, i.clone());
                 i
             }
         };

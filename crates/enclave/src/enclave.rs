@@ -460,7 +460,7 @@ pub fn envelope_code(e: &EnvelopeError) -> ErrorCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use archipelago_attest::{Evidence, EvidenceError, SimEvidenceSource, SimRoot};
     use archipelago_proto::envelope::{
@@ -555,7 +555,7 @@ mod tests {
     }
 
     /// The response header and chunks a job's frames carry, concatenated.
-    fn response_bytes(frames: &[FromEnclave]) -> Vec<u8> {
+    pub(crate) fn response_bytes(frames: &[FromEnclave]) -> Vec<u8> {
         let mut whole = Vec::new();
         for f in frames {
             if let FromEnclave::ResponseHeader { bytes, .. }

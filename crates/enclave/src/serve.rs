@@ -21,8 +21,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use archipelago_proto::channel::{
-    encode_frame, read_frame, write_frame, ChannelError, EnclaveFrame, ErrorCode, FromEnclave,
-    IslandFrame, ToEnclave,
+    encode_frame, read_frame, ChannelError, EnclaveFrame, ErrorCode, FromEnclave, IslandFrame,
+    ToEnclave,
 };
 
 use crate::enclave::{unix_now, Enclave};
@@ -66,22 +66,16 @@ struct Out<W: Write> {
 
 impl<W: Write> Out<W> {
     fn send(&self, req: u64, msg: FromEnclave) {
-        let frame = EnclaveFrame { req, msg };
-        let mut w = self
-            .w
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = write_frame(&mut *w, &frame) {
-            self.failed(&e);
-        }
+        self.send_all(req, vec![msg]);
     }
 
-    /// Several frames of one request in one write (one wake-up of the
-    /// island instead of one per frame).
+    /// Frames of one request in one write (one wake-up of the island for
+    /// all of them).
     fn send_all(&self, req: u64, msgs: Vec<FromEnclave>) {
         let mut bytes = Vec::new();
         for msg in msgs {
             match encode_frame(&EnclaveFrame { req, msg }) {
+                Ok(f) if bytes.is_empty() => bytes = f,
                 Ok(f) => bytes.extend_from_slice(&f),
                 Err(e) => return self.failed(&e),
             }
@@ -410,7 +404,7 @@ mod tests {
     use super::*;
     use crate::{Config, Workloads};
     use archipelago_attest::{SimEvidenceSource, SimRoot};
-    use archipelago_proto::channel::{Blob, JobRequest, PROTOCOL_VERSION};
+    use archipelago_proto::channel::{write_frame, Blob, JobRequest, PROTOCOL_VERSION};
     use archipelago_proto::envelope::{open_response, seal_request, RequestBody};
     use archipelago_proto::{PublicKey, SecretKey};
     use std::io::{PipeReader, PipeWriter};
@@ -506,14 +500,7 @@ mod tests {
     }
 
     fn opened(h: &Harness, frames: &[FromEnclave], client: &SecretKey, rid: &[u8; 16]) -> String {
-        let mut whole = Vec::new();
-        for f in frames {
-            if let FromEnclave::ResponseHeader { bytes, .. }
-            | FromEnclave::ResponseChunk { bytes, .. } = f
-            {
-                whole.extend_from_slice(bytes);
-            }
-        }
+        let whole = crate::enclave::tests::response_bytes(frames);
         let (_, out) = open_response(&whole, client, &h.key, rid).unwrap();
         String::from_utf8(out.to_vec()).unwrap()
     }
