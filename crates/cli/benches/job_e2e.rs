@@ -28,6 +28,16 @@
 //! `BENCH_SAMPLES=FILE` also writes the raw classify samples as CSV;
 //! `BENCH_KEEP_LOGS=1` keeps the processes' logs (named at the end), and
 //! `BENCH_LOG` sets their filter (default `info`).
+//! `BENCH_JOBS=half` (a comma list of sentence, record, half, chat) runs
+//! only those jobs, for a long A/B run of one size; the "median difference
+//! per round" column (confidential − plain, ms) is the steadiest number to
+//! compare between builds. After each job size the bench prints (stderr)
+//! the CPU time per job of the coordinator, the agent, the enclave and the
+//! client (from /proc); `BENCH_ONLY_MODE=plain` or `tee` runs one half of
+//! each pair only, so those figures are per mode (no ratios then).
+//! `BENCH_TRACE=FILE` writes one CSV line per job (id, mode, and the
+//! wall-clock µs at which the client's steps ended) to line up with the
+//! processes' debug logs for a per-step breakdown.
 //! `BENCH_NO_IDEMPOTENCY=1` submits the confidential jobs without the
 //! SDK's Idempotency-Key. `ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY=0` (inherited by the enclave)
 //! turns off the response encapsulations the enclave prepares between a
@@ -127,6 +137,56 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Microseconds since the Unix epoch: the clock the processes' log lines
+/// use, so a `BENCH_TRACE` line lines up with them.
+fn unix_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// `BENCH_TRACE=FILE`: one CSV line per measured job (job id, mode, and
+/// the wall-clock times its client steps ended), to line up with the
+/// processes' debug logs (`BENCH_KEEP_LOGS=1`) for a per-step breakdown.
+static TRACE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn trace(line: String) {
+    if let Ok(mut t) = TRACE.lock() {
+        t.push(line);
+    }
+}
+
+static PIDS: std::sync::Mutex<(u32, u32)> = std::sync::Mutex::new((0, 0));
+
+/// CPU time (user + system, ms) so far of the coordinator, the island
+/// agent, the enclave (the agent's child) and this process, from /proc.
+fn cpu_ms() -> [f64; 4] {
+    fn of(pid: u32) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0.0;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return 0.0;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 (utime, stime) of stat, in USER_HZ ticks, which
+        // Linux fixes at 100 per second; `rest` starts at field 3.
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks * 10.0
+    }
+    let (c, i) = PIDS.lock().map(|p| *p).unwrap_or((0, 0));
+    // The enclave is a child of whichever agent thread spawned it.
+    let enclave = std::fs::read_dir(format!("/proc/{i}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .find_map(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(0);
+    [of(c), of(i), of(enclave), of(std::process::id())]
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -142,6 +202,8 @@ struct Samples {
     exec_conf: Vec<f64>,
     /// confidential / plain of each round's pair.
     pair_ratio: Vec<f64>,
+    /// confidential − plain of each round's pair (ms).
+    pair_diff: Vec<f64>,
     /// The submit call alone (request → 201), plain and confidential.
     submit_plain: Vec<f64>,
     submit_conf: Vec<f64>,
@@ -236,6 +298,9 @@ fn main() -> Result<()> {
     .arg("--data-dir")
     .arg(dir.join("island"));
     let _island = spawn(cmd, &dir.join("island.log"))?;
+    if let Ok(mut p) = PIDS.lock() {
+        *p = (_coordinator.0.id(), _island.0.id());
+    }
 
     let policy = Policy::from_toml_str(&format!(
         "accepted_tees = [\"sim\"]\naccept_sim = true\n[sim]\nroots = [\"{}\"]\nmeasurements = [\"{measurement}\"]\n",
@@ -300,8 +365,17 @@ async fn run(
         three weeks, now resolved when the dose is taken with meals."});
     let chat_in = json!({"prompt": "Name three colours of the rainbow.", "max_tokens": chat_tokens, "temperature": 0.0, "seed": 1});
     let timeout = Duration::from_secs(600);
+    // `BENCH_JOBS=half,record` runs only those (sentence, record, half,
+    // chat), for a long A/B run of one job size.
+    let jobs = std::env::var("BENCH_JOBS").unwrap_or_default();
+    // `BENCH_ONLY_MODE=plain|tee`: run only that half of each pair (the
+    // tables then lack ratios), for the per-process CPU time per job.
+    let only = std::env::var("BENCH_ONLY_MODE").ok();
+    let want = |name: &str| jobs.is_empty() || jobs.split(',').any(|j| j.trim() == name);
 
     let plain = |w: i64, input: Value| async move {
+        let input_len = input.to_string().len();
+        let u0 = unix_us();
         let t0 = Instant::now();
         let req = SubmitJobRequest {
             workload_id: w,
@@ -313,8 +387,14 @@ async fn run(
         };
         let job = session.api().submit_job(&req, None).await?;
         let submitted = t0.elapsed();
+        let u1 = unix_us();
         let job = session.wait(&job.id, timeout).await?;
         let total = t0.elapsed();
+        let u2 = unix_us();
+        trace(format!(
+            "{},plain,{w},{input_len},{u0},{u0},{u1},{u2},{u2}",
+            job.id
+        ));
         if job.state != "succeeded" {
             bail!("plain job {} ended {}: {:?}", job.id, job.state, job.error);
         }
@@ -333,9 +413,11 @@ async fn run(
     let conf = |w: i64, input: Vec<u8>| {
         let key = &key;
         async move {
+            let u0 = unix_us();
             let t0 = Instant::now();
             let sealed = session.seal(Some(w), &input, key).await?;
             let seal_t = t0.elapsed();
+            let u_seal = unix_us();
             let ts = Instant::now();
             let job = if no_idem {
                 let req = sealed.submit_request(w);
@@ -344,15 +426,23 @@ async fn run(
                 session.submit(&sealed).await?
             };
             let submit_t = ts.elapsed();
+            let u_sub = unix_us();
             let mut record = sealed.record();
             record.job_id = Some(job.id.clone());
             let (job, _) = session
                 .follow(&job.id, timeout, Some((&record, key)), &mut |_| {})
                 .await?;
             let t1 = Instant::now();
+            let u_res = unix_us();
             let wait_t = t1 - ts - submit_t;
             let out = session.open_job(&job, &record, key)?;
             let open_t = t1.elapsed();
+            trace(format!(
+                "{},tee,{w},{},{u0},{u_seal},{u_sub},{u_res},{}",
+                job.id,
+                input.len(),
+                unix_us()
+            ));
             let exec = job.execution_ms.unwrap_or(0) as f64;
             Ok::<_, anyhow::Error>((
                 t0.elapsed(),
@@ -401,8 +491,12 @@ async fn run(
     // alternating; the pair's ratio is kept as well as the times.
     macro_rules! pairs {
         ($rounds:expr, $w:expr, $json:expr, $bytes:expr, $s:expr, $label:expr) => {
+            let cpu0 = cpu_ms();
             for round in 0..$rounds {
                 for step in 0..2 {
+                    if only.as_deref().is_some_and(|m| m != if (step + round) % 2 == 0 { "plain" } else { "tee" }) {
+                        continue;
+                    }
                     if (step + round) % 2 == 0 {
                         let (t, e, sub, wait) = plain($w, $json.clone()).await?;
                         $s.plain.push(ms(t));
@@ -421,37 +515,52 @@ async fn run(
                     }
                 }
                 let n = $s.conf.len();
-                $s.pair_ratio.push($s.conf[n - 1] / $s.plain[n - 1]);
+                if n > 0 && $s.plain.len() == n {
+                    $s.pair_ratio.push($s.conf[n - 1] / $s.plain[n - 1]);
+                    $s.pair_diff.push($s.conf[n - 1] - $s.plain[n - 1]);
+                }
             }
-            eprintln!("{}: {} rounds done", $label, $rounds);
+            let cpu1 = cpu_ms();
+            let jobs = ($s.plain.len() + $s.conf.len()).max(1) as f64;
+            eprintln!(
+                "{}: {} rounds done; CPU ms per job: coordinator {:.3}, island agent {:.3}, enclave {:.3}, client {:.3}",
+                $label, $rounds,
+                (cpu1[0] - cpu0[0]) / jobs, (cpu1[1] - cpu0[1]) / jobs, (cpu1[2] - cpu0[2]) / jobs, (cpu1[3] - cpu0[3]) / jobs
+            );
         };
     }
     // Classify is short, so its plain time moves by more than the 3 % goal
     // from one sample to the next: it gets many rounds.
-    pairs!(
-        classify_rounds,
-        CLASSIFY,
-        classify_in,
-        classify_bytes,
-        classify,
-        "classify"
-    );
-    pairs!(
-        classify_rounds,
-        CLASSIFY,
-        record_in,
-        record_bytes,
-        record,
-        "classify (record)"
-    );
-    pairs!(
-        classify_rounds,
-        CLASSIFY,
-        short_in,
-        short_bytes,
-        short,
-        "classify (short record)"
-    );
+    if want("sentence") {
+        pairs!(
+            classify_rounds,
+            CLASSIFY,
+            classify_in,
+            classify_bytes,
+            classify,
+            "classify"
+        );
+    }
+    if want("record") {
+        pairs!(
+            classify_rounds,
+            CLASSIFY,
+            record_in,
+            record_bytes,
+            record,
+            "classify (record)"
+        );
+    }
+    if want("half") {
+        pairs!(
+            classify_rounds,
+            CLASSIFY,
+            short_in,
+            short_bytes,
+            short,
+            "classify (short record)"
+        );
+    }
     if let Ok(path) = std::env::var("BENCH_SAMPLES") {
         // Raw classify samples, one line per round, for looking at the
         // distribution: job, plain ms, confidential ms, seal ms, open ms.
@@ -470,10 +579,22 @@ async fn run(
         }
         std::fs::write(&path, csv).with_context(|| format!("writing {path}"))?;
     }
-    pairs!(rounds, CHAT, chat_in, chat_bytes, chat, "chat");
+    if want("chat") {
+        pairs!(rounds, CHAT, chat_in, chat_bytes, chat, "chat");
+    }
+    if let Ok(path) = std::env::var("BENCH_TRACE") {
+        let mut csv = String::from("job_id,mode,workload_id,input_len,start_us,sealed_us,submitted_us,result_us,opened_us\n");
+        if let Ok(t) = TRACE.lock() {
+            for l in t.iter() {
+                csv.push_str(l);
+                csv.push('\n');
+            }
+        }
+        std::fs::write(&path, csv).with_context(|| format!("writing {path}"))?;
+    }
 
-    println!("| job | rounds | plain median | confidential median | ratio of medians | median ratio per round (IQR) | client seal (incl. recipient check) | client open (of which HPKE, in-process) | enclave open + seal (in-process) | crypto share of plain |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| job | rounds | plain median | confidential median | ratio of medians | median ratio per round (IQR) | median difference per round | client seal (incl. recipient check) | client open (of which HPKE, in-process) | enclave open + seal (in-process) | crypto share of plain |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // What the enclave does for a client it answered before (the bench's
     // case after the warm-up), unless preparing is turned off.
     let prepared =
@@ -484,9 +605,13 @@ async fn run(
         ("classify (MiniLM), half the record", &mut short),
         (&*format!("chat ({chat_tokens} tokens, greedy)"), &mut chat),
     ] {
+        let n = s.pair_ratio.len();
+        if n == 0 {
+            continue;
+        }
         let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, prepared);
         let (open_hpke, open_hpke_no_share) = client_open_ms(s.output_len);
-        let n = s.pair_ratio.len();
+        let d = median(&mut s.pair_diff);
         let p = median(&mut s.plain);
         let c = median(&mut s.conf);
         let r = median(&mut s.pair_ratio);
@@ -494,7 +619,7 @@ async fn run(
         let seal = median(&mut s.seal);
         let open = median(&mut s.open);
         println!(
-            "| {name} | {n} | {p:.2} ms | {c:.2} ms | {:.3} | {r:.3} ({q1:.3}–{q3:.3}) | {seal:.2} ms | {open:.2} ms ({open_hpke:.2} ms; {open_hpke_no_share:.2} without the share) | {enclave_ms:.2} ms | {:.1} % |",
+            "| {name} | {n} | {p:.2} ms | {c:.2} ms | {:.3} | {r:.3} ({q1:.3}–{q3:.3}) | {d:.2} ms | {seal:.2} ms | {open:.2} ms ({open_hpke:.2} ms; {open_hpke_no_share:.2} without the share) | {enclave_ms:.2} ms | {:.1} % |",
             c / p,
             100.0 * (seal + open + enclave_ms) / p
         );
@@ -508,6 +633,9 @@ async fn run(
         ("classify, half record", &mut short),
         ("chat", &mut chat),
     ] {
+        if s.conf.is_empty() {
+            continue;
+        }
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             median(&mut s.exec_plain),

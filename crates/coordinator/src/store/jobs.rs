@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::ledger::{hold, post, posting, Book, Entry, LEDGER_COLS};
 use super::sql::{Args, Columns, Sql, Val};
 use super::writer::Txn;
-use super::{Result, Store, StoreError};
+use super::{DbKind, Result, Store, StoreError};
 use crate::util::{now_ms, ordered_id, random_id};
 
 /// The guard of every statement that acts on a lease: this job, leased to
@@ -153,6 +153,20 @@ pub(crate) fn job_from<R: Columns + ?Sized>(r: &R) -> Result<JobRow> {
             None
         },
     })
+}
+
+/// Key ids (`ek_…`, never with a space) from a space-joined list, sorted
+/// as [`Store::job`] reports them.
+fn recipient_list(list: Option<String>) -> Vec<String> {
+    let mut keys: Vec<String> = list
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// What a leasing island offers, as the claim query needs it.
@@ -465,10 +479,18 @@ impl Store {
         })
     }
 
-    /// A job of this account (None for other accounts' jobs).
+    /// A job of this account (None for other accounts' jobs), with its
+    /// recipients, in ONE query: a job's stream reads it at every state
+    /// change, and through sqlx on SQLite every query (and every row it
+    /// returns) is a round of thread hand-overs.
     pub async fn job(&self, account_id: &str, id: &str) -> Result<Option<JobRow>> {
+        let list = match self.kind {
+            DbKind::Postgres => "string_agg(r.key_id, ' ')",
+            DbKind::Sqlite => "group_concat(r.key_id, ' ')",
+        };
         let row = sqlx::query(&format!(
-            "SELECT {JOB_COLS} FROM jobs WHERE id = $1 AND account_id = $2"
+            "SELECT {JOB_COLS}, (SELECT {list} FROM job_recipients r WHERE r.job_id = jobs.id) AS recipient_list \
+             FROM jobs WHERE id = $1 AND account_id = $2"
         ))
         .bind(id)
         .bind(account_id)
@@ -477,7 +499,7 @@ impl Store {
         match row {
             Some(r) => {
                 let mut j = job_from(&r)?;
-                j.recipients = self.recipients(&j.id).await?;
+                j.recipients = recipient_list(r.try_get("recipient_list")?);
                 Ok(Some(j))
             }
             None => Ok(None),
