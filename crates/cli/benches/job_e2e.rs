@@ -148,19 +148,21 @@ fn unix_us() -> u128 {
 /// `BENCH_TRACE=FILE`: one CSV line per measured job (job id, mode, and
 /// the wall-clock times its client steps ended), to line up with the
 /// processes' debug logs (`BENCH_KEEP_LOGS=1`) for a per-step breakdown.
-static TRACE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// `None` when not asked for, so no line is even formatted.
+struct Trace(Option<std::sync::Mutex<Vec<String>>>);
 
-fn trace(line: String) {
-    if let Ok(mut t) = TRACE.lock() {
-        t.push(line);
+impl Trace {
+    fn push(&self, line: impl FnOnce() -> String) {
+        if let Some(Ok(mut t)) = self.0.as_ref().map(|t| t.lock()) {
+            t.push(line());
+        }
     }
 }
 
-static PIDS: std::sync::Mutex<(u32, u32)> = std::sync::Mutex::new((0, 0));
-
-/// CPU time (user + system, ms) so far of the coordinator, the island
-/// agent, the enclave (the agent's child) and this process, from /proc.
-fn cpu_ms() -> [f64; 4] {
+/// CPU time (user + system, ms) so far of the coordinator (pid `c`), the
+/// island agent (pid `i`), the enclave (the agent's child) and this
+/// process, from /proc.
+fn cpu_ms((c, i): (u32, u32)) -> [f64; 4] {
     fn of(pid: u32) -> f64 {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return 0.0;
@@ -175,7 +177,6 @@ fn cpu_ms() -> [f64; 4] {
             + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         ticks * 10.0
     }
-    let (c, i) = PIDS.lock().map(|p| *p).unwrap_or((0, 0));
     // The enclave is a child of whichever agent thread spawned it.
     let enclave = std::fs::read_dir(format!("/proc/{i}/task"))
         .into_iter()
@@ -298,9 +299,7 @@ fn main() -> Result<()> {
     .arg("--data-dir")
     .arg(dir.join("island"));
     let _island = spawn(cmd, &dir.join("island.log"))?;
-    if let Ok(mut p) = PIDS.lock() {
-        *p = (_coordinator.0.id(), _island.0.id());
-    }
+    let pids = (_coordinator.0.id(), _island.0.id());
 
     let policy = Policy::from_toml_str(&format!(
         "accepted_tees = [\"sim\"]\naccept_sim = true\n[sim]\nroots = [\"{}\"]\nmeasurements = [\"{measurement}\"]\n",
@@ -315,7 +314,13 @@ fn main() -> Result<()> {
         Keystore::open(dir.join("keys"))?,
         policy,
     );
-    let result = rt.block_on(run(&session, rounds.max(1), classify_rounds, chat_tokens));
+    let result = rt.block_on(run(
+        &session,
+        pids,
+        rounds.max(1),
+        classify_rounds,
+        chat_tokens,
+    ));
     drop(_island);
     drop(_coordinator);
     if result.is_ok() && std::env::var_os("BENCH_KEEP_LOGS").is_none() {
@@ -328,6 +333,7 @@ fn main() -> Result<()> {
 
 async fn run(
     session: &Session,
+    pids: (u32, u32),
     rounds: usize,
     classify_rounds: usize,
     chat_tokens: usize,
@@ -372,9 +378,11 @@ async fn run(
     // tables then lack ratios), for the per-process CPU time per job.
     let only = std::env::var("BENCH_ONLY_MODE").ok();
     let want = |name: &str| jobs.is_empty() || jobs.split(',').any(|j| j.trim() == name);
+    let trace_path = std::env::var("BENCH_TRACE").ok();
+    let trace = Trace(trace_path.as_ref().map(|_| Default::default()));
+    let trace = &trace;
 
     let plain = |w: i64, input: Value| async move {
-        let input_len = input.to_string().len();
         let u0 = unix_us();
         let t0 = Instant::now();
         let req = SubmitJobRequest {
@@ -391,10 +399,10 @@ async fn run(
         let job = session.wait(&job.id, timeout).await?;
         let total = t0.elapsed();
         let u2 = unix_us();
-        trace(format!(
-            "{},plain,{w},{input_len},{u0},{u0},{u1},{u2},{u2}",
-            job.id
-        ));
+        trace.push(|| {
+            let n = req.input.to_string().len();
+            format!("{},plain,{w},{n},{u0},{u0},{u1},{u2},{u2}", job.id)
+        });
         if job.state != "succeeded" {
             bail!("plain job {} ended {}: {:?}", job.id, job.state, job.error);
         }
@@ -437,12 +445,14 @@ async fn run(
             let wait_t = t1 - ts - submit_t;
             let out = session.open_job(&job, &record, key)?;
             let open_t = t1.elapsed();
-            trace(format!(
-                "{},tee,{w},{},{u0},{u_seal},{u_sub},{u_res},{}",
-                job.id,
-                input.len(),
-                unix_us()
-            ));
+            let u_open = unix_us();
+            trace.push(|| {
+                let n = input.len();
+                format!(
+                    "{},tee,{w},{n},{u0},{u_seal},{u_sub},{u_res},{u_open}",
+                    job.id
+                )
+            });
             let exec = job.execution_ms.unwrap_or(0) as f64;
             Ok::<_, anyhow::Error>((
                 t0.elapsed(),
@@ -491,13 +501,14 @@ async fn run(
     // alternating; the pair's ratio is kept as well as the times.
     macro_rules! pairs {
         ($rounds:expr, $w:expr, $json:expr, $bytes:expr, $s:expr, $label:expr) => {
-            let cpu0 = cpu_ms();
+            let cpu0 = cpu_ms(pids);
             for round in 0..$rounds {
                 for step in 0..2 {
-                    if only.as_deref().is_some_and(|m| m != if (step + round) % 2 == 0 { "plain" } else { "tee" }) {
+                    let is_plain = (step + round) % 2 == 0;
+                    if only.as_deref().is_some_and(|m| m != if is_plain { "plain" } else { "tee" }) {
                         continue;
                     }
-                    if (step + round) % 2 == 0 {
+                    if is_plain {
                         let (t, e, sub, wait) = plain($w, $json.clone()).await?;
                         $s.plain.push(ms(t));
                         $s.exec_plain.push(e);
@@ -520,7 +531,7 @@ async fn run(
                     $s.pair_diff.push($s.conf[n - 1] - $s.plain[n - 1]);
                 }
             }
-            let cpu1 = cpu_ms();
+            let cpu1 = cpu_ms(pids);
             let jobs = ($s.plain.len() + $s.conf.len()).max(1) as f64;
             eprintln!(
                 "{}: {} rounds done; CPU ms per job: coordinator {:.3}, island agent {:.3}, enclave {:.3}, client {:.3}",
@@ -582,15 +593,13 @@ async fn run(
     if want("chat") {
         pairs!(rounds, CHAT, chat_in, chat_bytes, chat, "chat");
     }
-    if let Ok(path) = std::env::var("BENCH_TRACE") {
+    if let (Some(path), Some(Ok(lines))) = (&trace_path, trace.0.as_ref().map(|t| t.lock())) {
         let mut csv = String::from("job_id,mode,workload_id,input_len,start_us,sealed_us,submitted_us,result_us,opened_us\n");
-        if let Ok(t) = TRACE.lock() {
-            for l in t.iter() {
-                csv.push_str(l);
-                csv.push('\n');
-            }
+        for l in lines.iter() {
+            csv.push_str(l);
+            csv.push('\n');
         }
-        std::fs::write(&path, csv).with_context(|| format!("writing {path}"))?;
+        std::fs::write(path, csv).with_context(|| format!("writing {path}"))?;
     }
 
     println!("| job | rounds | plain median | confidential median | ratio of medians | median ratio per round (IQR) | median difference per round | client seal (incl. recipient check) | client open (of which HPKE, in-process) | enclave open + seal (in-process) | crypto share of plain |");

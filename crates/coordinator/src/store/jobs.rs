@@ -161,8 +161,7 @@ fn recipient_list(list: Option<String>) -> Vec<String> {
     let mut keys: Vec<String> = list
         .as_deref()
         .unwrap_or_default()
-        .split(' ')
-        .filter(|k| !k.is_empty())
+        .split_whitespace()
         .map(str::to_string)
         .collect();
     keys.sort();
