@@ -53,20 +53,54 @@ pub struct MiniLmConfig {
 /// panel p holds output columns p·NR .. p·NR+NR as k rows of NR floats.
 /// The data is shared (`Arc`), so a clone is cheap and can travel with a
 /// job to a helper thread.
+///
+/// The panels start on a 64-byte boundary ([`Packed::data`]), so every
+/// AVX-512 weight load of the kernel reads exactly one cache line. Where a
+/// buffer lands is otherwise up to malloc, whose choice depends on the
+/// process's allocation history (glibc raises its mmap threshold after
+/// the first large free): the same model then had differently aligned
+/// panels in the island agent and in the enclave, and a confidential job
+/// ran its model measurably slower than the same job plain (BENCHMARKS.md,
+/// issue 5).
 #[derive(Clone)]
 struct Packed {
     k: usize,
     n: usize,
-    data: Arc<[f32]>,
+    /// `n·k` panel floats, from `off` on, plus up to a line of slack.
+    buf: Arc<[f32]>,
+    off: usize,
     bias: Arc<[f32]>,
 }
 
+/// Floats per 64-byte cache line (and per AVX-512 vector).
+const LINE: usize = 16;
+
 impl Packed {
     fn new(w: &[f32], bias: Vec<f32>, n: usize, k: usize) -> Result<Self, String> {
+        Self::with_offset(w, bias, n, k, None)
+    }
+
+    /// [`Packed::new`]; `off` forces where the panels start in the buffer
+    /// (tests use it to check any alignment gives the same results).
+    fn with_offset(
+        w: &[f32],
+        bias: Vec<f32>,
+        n: usize,
+        k: usize,
+        off: Option<usize>,
+    ) -> Result<Self, String> {
         if w.len() != n * k || bias.len() != n || !n.is_multiple_of(NR) || k == 0 {
             return Err(format!("linear weight {n}x{k} has an unexpected shape"));
         }
-        let mut data = vec![0f32; n * k];
+        let mut buf: Arc<[f32]> = std::iter::repeat_n(0f32, n * k + LINE).collect();
+        // align_offset on an f32 pointer always succeeds (and is < LINE).
+        let off = off
+            .unwrap_or_else(|| buf.as_ptr().align_offset(64))
+            .min(LINE);
+        let data = Arc::get_mut(&mut buf)
+            .ok_or("a new weight buffer is unexpectedly shared")?
+            .get_mut(off..off + n * k)
+            .ok_or("weight buffer offset out of range")?;
         for p in 0..n / NR {
             let panel = &mut data[p * k * NR..(p + 1) * k * NR];
             for j in 0..NR {
@@ -79,9 +113,15 @@ impl Packed {
         Ok(Self {
             k,
             n,
-            data: data.into(),
+            buf,
+            off,
             bias: bias.into(),
         })
+    }
+
+    /// The packed panels.
+    fn data(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.n * self.k]
     }
 
     fn panels(&self) -> usize {
@@ -471,8 +511,9 @@ fn panel_rows<S: Simd, const NV: usize, const NP: usize>(
     ycol: usize,
 ) {
     let k = w.k;
+    let data = w.data();
     let panels: [&[f32]; NP] =
-        core::array::from_fn(|q| &w.data[(p + q) * k * NR..(p + q + 1) * k * NR]);
+        core::array::from_fn(|q| &data[(p + q) * k * NR..(p + q + 1) * k * NR]);
     let bias = &w.bias[p * NR..(p + NP) * NR];
     // Rows split into tiles as even as possible (27 rows: 6 + 6 + 5 + 5 +
     // 5, not 6 + 6 + 6 + 6 + 3), so no thin tile runs at a fraction of the
@@ -882,11 +923,24 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 / 10.0).collect();
             let packed = Packed::new(&w, b.clone(), n, k).unwrap();
+            assert_eq!(
+                packed.data().as_ptr() as usize % 64,
+                0,
+                "panels start on a line"
+            );
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
                 .collect();
             let xa = Arc::new(x.clone());
             let mut ys = Vec::new();
+            // Panels that start off a line boundary give the same results.
+            for off in [1, 4, LINE] {
+                let moved = Packed::with_offset(&w, b.clone(), n, k, Some(off)).unwrap();
+                assert_eq!(moved.data(), packed.data());
+                let mut y = vec![0f32; m * n];
+                Team::with(0, |team| matmul(team, &xa, m, &moved, &mut y, None));
+                ys.push(y);
+            }
             // Inline, and split over teams of 2 and 3 threads.
             for helpers in 0..3 {
                 let mut y = vec![0f32; m * n];
