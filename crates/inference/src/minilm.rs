@@ -93,10 +93,10 @@ impl Packed {
             return Err(format!("linear weight {n}x{k} has an unexpected shape"));
         }
         let mut buf: Arc<[f32]> = std::iter::repeat_n(0f32, n * k + LINE).collect();
-        // align_offset on an f32 pointer always succeeds (and is < LINE).
-        let off = off
-            .unwrap_or_else(|| buf.as_ptr().align_offset(64))
-            .min(LINE);
+        // align_offset may in principle find no offset (usize::MAX); any
+        // offset within the slack is then correct, only slower. A forced
+        // offset is checked by the range below.
+        let off = off.unwrap_or_else(|| buf.as_ptr().align_offset(64).min(LINE));
         let data = Arc::get_mut(&mut buf)
             .ok_or("a new weight buffer is unexpectedly shared")?
             .get_mut(off..off + n * k)
