@@ -498,80 +498,80 @@ async fn run(
         ..Default::default()
     };
     // One round: a plain and a confidential job back to back, the order
-    // alternating; the pair's ratio is kept as well as the times.
+    // alternating; the pair's ratio is kept as well as the times. `$job`
+    // is the job's name in `BENCH_JOBS`.
     macro_rules! pairs {
-        ($rounds:expr, $w:expr, $json:expr, $bytes:expr, $s:expr, $label:expr) => {
-            let cpu0 = cpu_ms(pids);
-            for round in 0..$rounds {
-                for step in 0..2 {
-                    let is_plain = (step + round) % 2 == 0;
-                    if only.as_deref().is_some_and(|m| m != if is_plain { "plain" } else { "tee" }) {
-                        continue;
+        ($job:literal, $rounds:expr, $w:expr, $json:expr, $bytes:expr, $s:expr, $label:expr) => {
+            if want($job) {
+                let cpu0 = cpu_ms(pids);
+                for round in 0..$rounds {
+                    for step in 0..2 {
+                        let is_plain = (step + round) % 2 == 0;
+                        if only.as_deref().is_some_and(|m| m != if is_plain { "plain" } else { "tee" }) {
+                            continue;
+                        }
+                        if is_plain {
+                            let (t, e, sub, wait) = plain($w, $json.clone()).await?;
+                            $s.plain.push(ms(t));
+                            $s.exec_plain.push(e);
+                            $s.submit_plain.push(ms(sub));
+                            $s.wait_plain.push(ms(wait));
+                        } else {
+                            let (t, s, o, n, e, sub, wait) = conf($w, $bytes.clone()).await?;
+                            $s.conf.push(ms(t));
+                            $s.submit_conf.push(ms(sub));
+                            $s.wait_conf.push(ms(wait));
+                            $s.exec_conf.push(e);
+                            $s.seal.push(ms(s));
+                            $s.open.push(ms(o));
+                            $s.output_len = n;
+                        }
                     }
-                    if is_plain {
-                        let (t, e, sub, wait) = plain($w, $json.clone()).await?;
-                        $s.plain.push(ms(t));
-                        $s.exec_plain.push(e);
-                        $s.submit_plain.push(ms(sub));
-                        $s.wait_plain.push(ms(wait));
-                    } else {
-                        let (t, s, o, n, e, sub, wait) = conf($w, $bytes.clone()).await?;
-                        $s.conf.push(ms(t));
-                        $s.submit_conf.push(ms(sub));
-                        $s.wait_conf.push(ms(wait));
-                        $s.exec_conf.push(e);
-                        $s.seal.push(ms(s));
-                        $s.open.push(ms(o));
-                        $s.output_len = n;
+                    let n = $s.conf.len();
+                    if n > 0 && $s.plain.len() == n {
+                        $s.pair_ratio.push($s.conf[n - 1] / $s.plain[n - 1]);
+                        $s.pair_diff.push($s.conf[n - 1] - $s.plain[n - 1]);
                     }
                 }
-                let n = $s.conf.len();
-                if n > 0 && $s.plain.len() == n {
-                    $s.pair_ratio.push($s.conf[n - 1] / $s.plain[n - 1]);
-                    $s.pair_diff.push($s.conf[n - 1] - $s.plain[n - 1]);
-                }
+                let cpu1 = cpu_ms(pids);
+                let jobs = ($s.plain.len() + $s.conf.len()).max(1) as f64;
+                eprintln!(
+                    "{}: {} rounds done; CPU ms per job: coordinator {:.3}, island agent {:.3}, enclave {:.3}, client {:.3}",
+                    $label, $rounds,
+                    (cpu1[0] - cpu0[0]) / jobs, (cpu1[1] - cpu0[1]) / jobs, (cpu1[2] - cpu0[2]) / jobs, (cpu1[3] - cpu0[3]) / jobs
+                );
             }
-            let cpu1 = cpu_ms(pids);
-            let jobs = ($s.plain.len() + $s.conf.len()).max(1) as f64;
-            eprintln!(
-                "{}: {} rounds done; CPU ms per job: coordinator {:.3}, island agent {:.3}, enclave {:.3}, client {:.3}",
-                $label, $rounds,
-                (cpu1[0] - cpu0[0]) / jobs, (cpu1[1] - cpu0[1]) / jobs, (cpu1[2] - cpu0[2]) / jobs, (cpu1[3] - cpu0[3]) / jobs
-            );
         };
     }
     // Classify is short, so its plain time moves by more than the 3 % goal
     // from one sample to the next: it gets many rounds.
-    if want("sentence") {
-        pairs!(
-            classify_rounds,
-            CLASSIFY,
-            classify_in,
-            classify_bytes,
-            classify,
-            "classify"
-        );
-    }
-    if want("record") {
-        pairs!(
-            classify_rounds,
-            CLASSIFY,
-            record_in,
-            record_bytes,
-            record,
-            "classify (record)"
-        );
-    }
-    if want("half") {
-        pairs!(
-            classify_rounds,
-            CLASSIFY,
-            short_in,
-            short_bytes,
-            short,
-            "classify (short record)"
-        );
-    }
+    pairs!(
+        "sentence",
+        classify_rounds,
+        CLASSIFY,
+        classify_in,
+        classify_bytes,
+        classify,
+        "classify"
+    );
+    pairs!(
+        "record",
+        classify_rounds,
+        CLASSIFY,
+        record_in,
+        record_bytes,
+        record,
+        "classify (record)"
+    );
+    pairs!(
+        "half",
+        classify_rounds,
+        CLASSIFY,
+        short_in,
+        short_bytes,
+        short,
+        "classify (short record)"
+    );
     if let Ok(path) = std::env::var("BENCH_SAMPLES") {
         // Raw classify samples, one line per round, for looking at the
         // distribution: job, plain ms, confidential ms, seal ms, open ms.
@@ -590,9 +590,7 @@ async fn run(
         }
         std::fs::write(&path, csv).with_context(|| format!("writing {path}"))?;
     }
-    if want("chat") {
-        pairs!(rounds, CHAT, chat_in, chat_bytes, chat, "chat");
-    }
+    pairs!("chat", rounds, CHAT, chat_in, chat_bytes, chat, "chat");
     if let (Some(path), Some(Ok(lines))) = (&trace_path, trace.0.as_ref().map(|t| t.lock())) {
         let mut csv = String::from("job_id,mode,workload_id,input_len,start_us,sealed_us,submitted_us,result_us,opened_us\n");
         for l in lines.iter() {
