@@ -7,8 +7,8 @@
 //! The same MiniLM classify jobs (one sentence, a ~600-character patient
 //! record whose model takes 15–50 ms depending on the machine, its first
 //! half, and a prefix of it calibrated to ~15 ms of model on this machine)
-//! and the same short greedy chat job run plain and confidential in pairs, one pair per round, the order
-//! alternating; classify gets many more rounds (`BENCH_CLASSIFY_ROUNDS`,
+//! and the same short greedy chat job run plain and confidential in pairs,
+//! one pair per round, the order alternating; classify gets many more rounds (`BENCH_CLASSIFY_ROUNDS`,
 //! default 200) than chat (`BENCH_ROUNDS`, default 10), because a ~10 ms job
 //! varies by more than its 3 % goal from one sample to the next. Plain:
 //! submit → result. Confidential: seal (recipients verified with the
@@ -31,10 +31,11 @@
 //! `BENCH_JOBS=half` (a comma list of sentence, record, half, calibrated,
 //! chat) runs only those jobs, for a long A/B run of one size. The
 //! `calibrated` job is the record's first N words, N chosen at the start
-//! (by bisection over plain jobs) so that its model takes `BENCH_MODEL_MS`
-//! (default 15) ms on this machine, the size issue 5's goal names. The "median difference
-//! per round" column (confidential − plain, ms) is the steadiest number to
-//! compare between builds. After each job size the bench prints (stderr)
+//! (by bisection over plain jobs, printed on stderr) so that its model
+//! takes `BENCH_MODEL_MS` (default 15) ms on this machine, the size issue
+//! 5's goal names. The "median difference per round" column
+//! (confidential − plain, ms) is the steadiest number to compare between
+//! builds. After each job size the bench prints (stderr)
 //! the CPU time per job of the coordinator, the agent, the enclave and the
 //! client (from /proc); `BENCH_ONLY_MODE=plain` or `tee` runs one half of
 //! each pair only, so those figures are per mode (no ratios then).
@@ -43,8 +44,10 @@
 //! processes' debug logs for a per-step breakdown.
 //! `BENCH_COORDINATOR_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=F"`
 //! runs the coordinator under that command (instruction counts per mode),
-//! and `BENCH_ISLAND_WRAPPER` the island agent (add `--trace-children=yes`
-//! and a `%p` in the file name for its enclave too).
+//! and `BENCH_ISLAND_WRAPPER` the island agent. Not its enclave: under
+//! valgrind (`--trace-children=yes`) the sim enclave measures valgrind's
+//! binary, so the bench's policy refuses its key, as it should. The bench
+//! process itself (the client) can run under valgrind as it is.
 //! `BENCH_NO_IDEMPOTENCY=1` submits the confidential jobs without the
 //! SDK's Idempotency-Key. `ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY=0` (inherited by the enclave)
 //! turns off the response encapsulations the enclave prepares between a
