@@ -24,7 +24,7 @@ use archipelago_proto::{b64, KeyId, KeyPrefix};
 use super::views;
 use crate::app::{ApiJson, AppState, Auth};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{ClientKeyRow, NewJob, SubmitOutcome};
+use crate::store::{ClientKeyRow, JobRow, NewJob, SubmitOutcome};
 use crate::util::{now_ms, now_secs};
 
 /// The runtime HE-capable islands report and HE jobs require.
@@ -946,6 +946,9 @@ struct StreamState {
     attempts: i64,
     done: bool,
     first: bool,
+    /// The row the stream's opening read got, used by the first round
+    /// instead of reading it again.
+    opened: Option<JobRow>,
 }
 
 async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallible>>, StreamState)> {
@@ -964,7 +967,11 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
     }
     s.first = false;
     let mut events = Vec::new();
-    let job = match s.st.store.job(&s.account, &s.job_id).await {
+    let read = match s.opened.take() {
+        Some(j) => Ok(Some(j)),
+        None => s.st.store.job(&s.account, &s.job_id).await,
+    };
+    let job = match read {
         Ok(Some(j)) => j,
         _ => {
             s.done = true;
@@ -982,7 +989,15 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
         s.last_seq = -1;
     }
     s.attempts = job.attempts;
-    if let Ok(chunks) = s.st.store.chunks_after(&s.job_id, s.last_seq).await {
+    // Only a leased attempt posts chunks (a requeue deletes the old
+    // attempt's), and the lease that makes the job `running` wakes the
+    // stream again: a queued job has none to read.
+    let chunks = if job.state == "queued" {
+        Ok(Vec::new())
+    } else {
+        s.st.store.chunks_after(&s.job_id, s.last_seq).await
+    };
+    if let Ok(chunks) = chunks {
         for (seq, data) in chunks {
             s.last_seq = seq;
             let c = api::JobChunk { seq, data };
@@ -1011,12 +1026,15 @@ pub async fn stream_job(
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     auth.require("read")?;
-    st.store
+    // Subscribed before the read, so a change after it wakes the stream.
+    let rx = st.job_events.subscribe();
+    let job = st
+        .store
         .job(auth.account_id(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
     let s = StreamState {
-        rx: st.job_events.subscribe(),
+        rx,
         st: st.clone(),
         account: auth.account_id().into(),
         job_id: id,
@@ -1025,6 +1043,7 @@ pub async fn stream_job(
         attempts: -1,
         done: false,
         first: true,
+        opened: Some(job),
     };
     let stream = stream::unfold(s, stream_round).flat_map(stream::iter);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
