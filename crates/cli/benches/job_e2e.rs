@@ -33,12 +33,13 @@
 //! `calibrated` job is the record's first N words, N chosen at the start
 //! (by bisection over plain jobs, printed on stderr) so that its model
 //! takes `BENCH_MODEL_MS` (default 15) ms on this machine, the size issue
-//! 5's goal names. The "median difference per round" column
-//! (confidential − plain, ms) is the steadiest number to compare between
-//! builds. After each job size the bench prints (stderr)
-//! the CPU time per job of the coordinator, the agent, the enclave and the
-//! client (from /proc); `BENCH_ONLY_MODE=plain` or `tee` runs one half of
-//! each pair only, so those figures are per mode (no ratios then).
+//! 5's goal names (`BENCH_CALIBRATED_WORDS=N` fixes N, for an A/B). The
+//! "median difference per round" column (confidential − plain, ms) is the
+//! steadiest number to compare between builds. After each job size the
+//! bench prints (stderr) the CPU time per job of the coordinator, the
+//! agent, the enclave and the client (from /proc); `BENCH_ONLY_MODE=plain`
+//! or `tee` runs one half of each pair only, so those figures are per mode
+//! (no ratios then).
 //! `BENCH_TRACE=FILE` writes one CSV line per job (id, mode, and the
 //! wall-clock µs at which the client's steps ended) to line up with the
 //! processes' debug logs for a per-step breakdown.
@@ -562,8 +563,17 @@ async fn run(
         };
         // The agent's model is loaded even when only confidential jobs run.
         plain(CLASSIFY, text(words.len())).await?;
-        // The first n with model_ms(n) ≥ target, in [1, 3 × the record].
-        let (mut lo, mut hi) = (1usize, 3 * words.len());
+        // The first n with model_ms(n) ≥ target, in [1, 3 × the record];
+        // `BENCH_CALIBRATED_WORDS=n` fixes n instead (the same job for
+        // every run of an A/B).
+        let fixed: Option<usize> = std::env::var("BENCH_CALIBRATED_WORDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n >= 1);
+        let (mut lo, mut hi) = match fixed {
+            Some(n) => (n, n),
+            None => (1usize, 3 * words.len()),
+        };
         while lo < hi {
             let mid = (lo + hi) / 2;
             if model_ms(mid).await? >= target {
