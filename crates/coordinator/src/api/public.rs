@@ -945,9 +945,8 @@ struct StreamState {
     /// The lease attempt whose chunks were sent (-1: none seen yet).
     attempts: i64,
     done: bool,
-    first: bool,
-    /// The row the stream's opening read got, used by the first round
-    /// instead of reading it again.
+    /// The row the stream's opening read got, until the first round uses
+    /// it instead of reading the job again (so `Some` means "first round").
     opened: Option<JobRow>,
 }
 
@@ -955,7 +954,7 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
     if s.done {
         return None;
     }
-    if !s.first {
+    if s.opened.is_none() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             match tokio::time::timeout_at(deadline, s.rx.recv()).await {
@@ -965,7 +964,6 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
             }
         }
     }
-    s.first = false;
     let mut events = Vec::new();
     let read = match s.opened.take() {
         Some(j) => Ok(Some(j)),
@@ -990,8 +988,8 @@ async fn stream_round(mut s: StreamState) -> Option<(Vec<Result<Event, Infallibl
     }
     s.attempts = job.attempts;
     // Only a leased attempt posts chunks (a requeue deletes the old
-    // attempt's), and the lease that makes the job `running` wakes the
-    // stream again: a queued job has none to read.
+    // attempt's), and the lease, which takes the job out of `queued`,
+    // wakes the stream again: a queued job has none to read.
     let chunks = if job.state == "queued" {
         Ok(Vec::new())
     } else {
@@ -1042,7 +1040,6 @@ pub async fn stream_job(
         last_seq: -1,
         attempts: -1,
         done: false,
-        first: true,
         opened: Some(job),
     };
     let stream = stream::unfold(s, stream_round).flat_map(stream::iter);
