@@ -8,13 +8,15 @@ re-derives every value from the stated inputs:
   * the client / enclave public keys (also the standard-base64 form) and key ids,
   * the request envelope (bytes and unpadded base64url), sealed with HPKE base
     mode per recipient and a ChaCha20-Poly1305 body,
-  * the response header and both response chunks (HPKE auth mode, sealed by
-    enclave_0),
+  * the response header and both response chunks (sealed by enclave_0: the
+    key schedule of HPKE base mode over a shared secret derived, as DHKEM
+    derives one, from the static-static X25519 of enclave_0 and the client
+    key and the response nonce),
 
 and then opens them again: the envelope as enclave_0 and as enclave_1, and
 the response chunks as the client. HPKE (RFC 9180, DHKEM(X25519, HKDF-SHA256),
-HKDF-SHA256, ChaCha20-Poly1305; DeriveKeyPair, base and auth modes) is
-implemented here on top of the `cryptography` package's primitives.
+HKDF-SHA256, ChaCha20-Poly1305; DeriveKeyPair, base mode) is implemented
+here on top of the `cryptography` package's primitives.
 
 Usage:
     python3 scripts/check-envelope-vectors.py [path/to/envelope.md]
@@ -44,7 +46,7 @@ except ImportError:
 KEM_ID, KDF_ID, AEAD_ID = 0x0020, 0x0001, 0x0003
 KEM_SUITE = b"KEM" + struct.pack(">H", KEM_ID)
 HPKE_SUITE = b"HPKE" + struct.pack(">HHH", KEM_ID, KDF_ID, AEAD_ID)
-MODE_BASE, MODE_AUTH = 0x00, 0x02
+MODE_BASE = 0x00
 
 
 def extract(salt, ikm):
@@ -84,19 +86,19 @@ def extract_and_expand(dh_out, kem_context):
     return labeled_expand(KEM_SUITE, prk, b"shared_secret", kem_context, 32)
 
 
-def encap(pk_r, ikm_e, sk_s=None):
+def encap(pk_r, ikm_e):
     sk_e, enc = derive_key_pair(ikm_e)
-    if sk_s is None:
-        return extract_and_expand(dh(sk_e, pk_r), enc + pk_r), enc
-    dhs = dh(sk_e, pk_r) + dh(sk_s, pk_r)
-    return extract_and_expand(dhs, enc + pk_r + x25519_pub(sk_s)), enc
+    return extract_and_expand(dh(sk_e, pk_r), enc + pk_r), enc
 
 
-def decap(enc, sk_r, pk_s=None):
-    pk_r = x25519_pub(sk_r)
-    if pk_s is None:
-        return extract_and_expand(dh(sk_r, enc), enc + pk_r)
-    return extract_and_expand(dh(sk_r, enc) + dh(sk_r, pk_s), enc + pk_r + pk_s)
+def decap(enc, sk_r):
+    return extract_and_expand(dh(sk_r, enc), enc + x25519_pub(sk_r))
+
+
+def response_shared_secret(sk, peer_pk, nonce, client_pk, enclave_pk):
+    """The response's shared secret, from either side's secret key: DHKEM's
+    ExtractAndExpand of the static-static DH, with the nonce where enc goes."""
+    return extract_and_expand(dh(sk, peer_pk), nonce + client_pk + enclave_pk)
 
 
 class Context:
@@ -123,21 +125,21 @@ class Context:
         return self.aead.decrypt(self._nonce(), ct, aad)
 
 
-def setup_s(pk_r, info, ikm_e, sk_s=None):
-    """SetupBaseS, or SetupAuthS when the sender key sk_s is given."""
-    shared, enc = encap(pk_r, ikm_e, sk_s)
-    return enc, Context(MODE_BASE if sk_s is None else MODE_AUTH, shared, info)
+def setup_s(pk_r, info, ikm_e):
+    """SetupBaseS."""
+    shared, enc = encap(pk_r, ikm_e)
+    return enc, Context(MODE_BASE, shared, info)
 
 
-def setup_r(enc, sk_r, info, pk_s=None):
-    """SetupBaseR, or SetupAuthR when the sender public key pk_s is given."""
-    return Context(MODE_BASE if pk_s is None else MODE_AUTH, decap(enc, sk_r, pk_s), info)
+def setup_r(enc, sk_r, info):
+    """SetupBaseR."""
+    return Context(MODE_BASE, decap(enc, sk_r), info)
 
 
-# ---------------------------------------------------------------- envelope v1
-MAGIC, VERSION, SUITE = b"ARCE", 1, 1
-WRAP_INFO = b"archipelago-envelope-v1/wrap"
-RESPONSE_INFO = b"archipelago-envelope-v1/response"
+# ---------------------------------------------------------------- envelope v2
+MAGIC, VERSION, SUITE = b"ARCE", 2, 1
+WRAP_INFO = b"archipelago-envelope-v2/wrap"
+RESPONSE_INFO = b"archipelago-envelope-v2/response"
 ZERO_NONCE = b"\x00" * 12
 
 
@@ -237,7 +239,7 @@ def main():
             v = parse_vectors(f.read())
         hx = lambda name: bytes.fromhex(v[name])
         csk, e0sk, e1sk = hx("client_secret_key"), hx("enclave_0_secret_key"), hx("enclave_1_secret_key")
-        content_key, ikm0, ikm1, rikm = hx("content_key"), hx("ikm_e_0"), hx("ikm_e_1"), hx("response_ikm_e")
+        content_key, ikm0, ikm1, rnonce = hx("content_key"), hx("ikm_e_0"), hx("ikm_e_1"), hx("response_nonce")
         workload_id, request_id, issued_at = int(v["workload_id"]), hx("request_id"), int(v["issued_at"])
         inp, out = v["input_utf8"].encode("utf-8"), v["output_utf8"].encode("utf-8")
     except (OSError, KeyError, ValueError) as e:
@@ -284,11 +286,13 @@ def main():
     check_open("request_envelope (opened as enclave_0)", lambda: open_request(doc_env, e0sk) == expected_open)
     check_open("request_envelope (opened as enclave_1)", lambda: open_request(doc_env, e1sk) == expected_open)
 
-    # Response: enclave_0 seals in auth mode to the client's response key.
+    # Response: enclave_0 seals to the client's response key, keyed by their
+    # static-static Diffie-Hellman and the response nonce.
     prefix = response_header_prefix(request_id, e0pk, cpk)
     need(len(prefix) == 84, "response header prefix is not 84 bytes")
-    enc, sctx = setup_s(cpk, RESPONSE_INFO + prefix, rikm, e0sk)
-    check("response_header", (prefix + enc).hex())
+    need(len(rnonce) == 32, "response nonce is not 32 bytes")
+    sctx = Context(MODE_BASE, response_shared_secret(e0sk, cpk, rnonce, cpk, e0pk), RESPONSE_INFO + prefix)
+    check("response_header", (prefix + rnonce).hex())
     chunks = []
     for seq, (flags, pt) in enumerate([(0, out[:12]), (1, out[12:])]):
         aad = chunk_prefix(request_id, seq, flags, len(pt) + 16)
@@ -298,7 +302,9 @@ def main():
     def open_response():
         hdr = bytes.fromhex(v["response_header"])
         need(hdr[:84] == prefix, "header ids / request id differ")  # the client's pre-checks
-        rctx = setup_r(hdr[84:116], csk, RESPONSE_INFO + hdr[:84], e0pk)
+        need(len(hdr) == 116, "response header length")
+        shared = response_shared_secret(csk, e0pk, hdr[84:116], cpk, e0pk)
+        rctx = Context(MODE_BASE, shared, RESPONSE_INFO + hdr[:84])
         plain, final = b"", False
         for k in range(2):
             c = bytes.fromhex(v["response_chunk_%d" % k])

@@ -51,9 +51,9 @@
 //! binary, so the bench's policy refuses its key, as it should. The bench
 //! process itself (the client) can run under valgrind as it is.
 //! `BENCH_NO_IDEMPOTENCY=1` submits the confidential jobs without the
-//! SDK's Idempotency-Key. `ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY=0` (inherited by the enclave)
-//! turns off the response encapsulations the enclave prepares between a
-//! client's jobs, for an A/B run of the same build.
+//! SDK's Idempotency-Key. `ARCHIPELAGO_ENCLAVE_SHARE_CAPACITY=0` (inherited by the enclave)
+//! makes the enclave keep no client's response Diffie-Hellman (one X25519
+//! per response), for an A/B run of the same build.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -65,8 +65,8 @@ use archipelago_attest::{Policy, SimRoot};
 use archipelago_client::{ApiClient, Keystore, Session};
 use archipelago_proto::api::SubmitJobRequest;
 use archipelago_proto::envelope::{
-    open_request, open_response_with_share, seal_request, ChunkKind, Expectations,
-    PreparedResponse, RequestBody, ResponseSealer, ResponseStaticShare,
+    open_request, open_response_with_share, seal_request, ChunkKind, Expectations, RequestBody,
+    ResponseSealer, ResponseStaticShare,
 };
 use archipelago_proto::{b64, SecretKey};
 use serde_json::{json, Value};
@@ -186,23 +186,22 @@ impl Trace {
     }
 }
 
-/// CPU time (user + system, ms) so far of the coordinator (pid `c`), the
-/// island agent (pid `i`), the enclave (the agent's child) and this
-/// process, from /proc.
-fn cpu_ms((c, i): (u32, u32)) -> [f64; 4] {
-    fn of(pid: u32) -> f64 {
+/// CPU time (user + system, ms) and minor page faults so far of the
+/// coordinator (pid `c`), the island agent (pid `i`), the enclave (the
+/// agent's child) and this process, from /proc.
+fn cpu_ms((c, i): (u32, u32)) -> [(f64, f64); 4] {
+    fn of(pid: u32) -> (f64, f64) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0.0;
+            return (0.0, 0.0);
         };
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            return 0.0;
+            return (0.0, 0.0);
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> f64 { f.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
         // Fields 14 and 15 (utime, stime) of stat, in USER_HZ ticks, which
-        // Linux fixes at 100 per second; `rest` starts at field 3.
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        ticks * 10.0
+        // Linux fixes at 100 per second; field 10 is minflt.
+        ((field(14) + field(15)) * 10.0, field(10))
     }
     // The enclave is a child of whichever agent thread spawned it.
     let enclave = std::fs::read_dir(format!("/proc/{i}/task"))
@@ -654,10 +653,12 @@ async fn run(
                 }
                 let cpu1 = cpu_ms(pids);
                 let jobs = ($s.plain.len() + $s.conf.len()).max(1) as f64;
+                let per = |k: usize, f: fn((f64, f64)) -> f64| (f(cpu1[k]) - f(cpu0[k])) / jobs;
                 eprintln!(
-                    "{}: {} rounds done; CPU ms per job: coordinator {:.3}, island agent {:.3}, enclave {:.3}, client {:.3}",
+                    "{}: {} rounds done; CPU ms per job: coordinator {:.3}, island agent {:.3}, enclave {:.3}, client {:.3}; minor page faults per job: {:.0}, {:.0}, {:.0}, {:.0}",
                     $label, $rounds,
-                    (cpu1[0] - cpu0[0]) / jobs, (cpu1[1] - cpu0[1]) / jobs, (cpu1[2] - cpu0[2]) / jobs, (cpu1[3] - cpu0[3]) / jobs
+                    per(0, |p| p.0), per(1, |p| p.0), per(2, |p| p.0), per(3, |p| p.0),
+                    per(0, |p| p.1), per(1, |p| p.1), per(2, |p| p.1), per(3, |p| p.1)
                 );
             }
         };
@@ -732,9 +733,9 @@ async fn run(
     println!("| job | rounds | plain median | confidential median | ratio of medians | median ratio per round (IQR) | median difference per round | client seal (incl. recipient check) | client open (of which HPKE, in-process) | enclave open + seal (in-process) | crypto share of plain |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // What the enclave does for a client it answered before (the bench's
-    // case after the warm-up), unless preparing is turned off.
-    let prepared =
-        std::env::var("ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY").map_or(true, |v| v.trim() != "0");
+    // case after the warm-up), unless keeping shares is turned off.
+    let kept =
+        std::env::var("ARCHIPELAGO_ENCLAVE_SHARE_CAPACITY").map_or(true, |v| v.trim() != "0");
     for (name, s) in [
         ("classify (MiniLM), one sentence", &mut classify),
         ("classify (MiniLM), patient record", &mut record),
@@ -749,7 +750,7 @@ async fn run(
         if n == 0 {
             continue;
         }
-        let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, prepared);
+        let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, kept);
         let (open_hpke, open_hpke_no_share) = client_open_ms(s.output_len);
         let d = median(&mut s.pair_diff);
         let p = median(&mut s.plain);
@@ -792,14 +793,18 @@ async fn run(
 }
 
 /// Median in-process time of what the enclave adds for one job of these
-/// sizes: open the request envelope, then set up the response (from an
-/// encapsulation prepared after the client's previous job, or not) and seal
-/// the output.
-fn enclave_crypto_ms(input_len: usize, output_len: usize, with_prepared: bool) -> f64 {
+/// sizes: open the request envelope, then set up the response (from the
+/// share kept since the client's first job, or with the Diffie-Hellman
+/// now) and seal the output.
+fn enclave_crypto_ms(input_len: usize, output_len: usize, with_kept_share: bool) -> f64 {
     let enclave = SecretKey::generate();
     let client = SecretKey::generate();
     let input = vec![b'x'; input_len];
     let output = vec![b'y'; output_len.max(1)];
+    // Kept since the client's first job, as the enclave does.
+    let Ok(kept) = ResponseStaticShare::for_enclave(&enclave, &client.public()) else {
+        return f64::NAN;
+    };
     let mut times = Vec::new();
     for _ in 0..200 {
         let body = RequestBody::new(3, input.clone(), client.public());
@@ -807,16 +812,6 @@ fn enclave_crypto_ms(input_len: usize, output_len: usize, with_prepared: bool) -
             return f64::NAN;
         };
         let cid = client.client_id();
-        // Made after the previous job, as the enclave does for a client it
-        // answered before (`None`: a first job, which does it here).
-        let prepared = if with_prepared {
-            match PreparedResponse::new(&enclave, &client.public()) {
-                Ok(p) => Some(p),
-                Err(_) => return f64::NAN,
-            }
-        } else {
-            None
-        };
         let t0 = Instant::now();
         let Ok(opened) = open_request(
             &env,
@@ -828,12 +823,12 @@ fn enclave_crypto_ms(input_len: usize, output_len: usize, with_prepared: bool) -
         ) else {
             return f64::NAN;
         };
-        let Ok((mut sealer, _header)) = ResponseSealer::new_prepared(
-            prepared,
-            &enclave,
-            &opened.body.response_key,
-            opened.body.request_id,
-        ) else {
+        let started = if with_kept_share {
+            ResponseSealer::with_share(&kept, opened.body.request_id)
+        } else {
+            ResponseSealer::new(&enclave, &opened.body.response_key, opened.body.request_id)
+        };
+        let Ok((mut sealer, _header)) = started else {
             return f64::NAN;
         };
         let _ = sealer.seal_chunk(&output, ChunkKind::Data, true);
@@ -843,9 +838,9 @@ fn enclave_crypto_ms(input_len: usize, output_len: usize, with_prepared: bool) -
 }
 
 /// Median in-process time of the client's `open_response` of a response
-/// of this size (auth-mode HPKE receiver setup + the chunk), the part of
-/// "client open" that is cryptography rather than JSON and base64: with
-/// the static share the session keeps per enclave key, and without.
+/// of this size (the HPKE key schedule + the chunk), the part of "client
+/// open" that is cryptography rather than JSON and base64: with the share
+/// the session keeps per enclave key, and without (one X25519 more).
 fn client_open_ms(output_len: usize) -> (f64, f64) {
     let enclave = SecretKey::generate();
     let client = SecretKey::generate();

@@ -539,7 +539,8 @@ fn seal(sk: &SecretKey, to: &[&EnclaveInfo], input: &Value) -> Sealed {
 }
 
 /// Opens a succeeded job's output, checking that one of the chosen,
-/// verified enclave keys wrote it (HPKE auth mode).
+/// verified enclave keys wrote it (keyed by its Diffie-Hellman with the
+/// client key).
 fn open_output(
     job: &Value,
     sk: &SecretKey,

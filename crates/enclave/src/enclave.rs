@@ -3,11 +3,10 @@
 //!
 //! A job goes: header checks against the job → find a held recipient key →
 //! open the envelope → skew window and replay cache → run the workload →
-//! seal every output piece to the client's response key (starting from an
-//! encapsulation prepared after the client's previous job, when there is
-//! one: [`crate::prepared`]). Anything the
-//! client should read in detail is sealed to it; the island sees only an
-//! [`ErrorCode`].
+//! seal every output piece to the client's response key (from the key
+//! pair's Diffie-Hellman, made at the client's first job to that key and
+//! kept: [`crate::shares`]). Anything the client should read in detail is
+//! sealed to it; the island sees only an [`ErrorCode`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +16,7 @@ use archipelago_proto::channel::{
     Blob, ErrorCode, FromEnclave, JobRequest, KeyEvidence, KeyInfo, PROTOCOL_VERSION,
 };
 use archipelago_proto::envelope::{
-    open_request, ChunkKind, Expectations, PreparedResponse, ResponseSealer, MAX_CHUNK_LEN,
+    open_request, ChunkKind, Expectations, ResponseSealer, ResponseStaticShare, MAX_CHUNK_LEN,
     MAX_ENVELOPE_LEN,
 };
 use archipelago_proto::{peek_header, EnvelopeError, PublicKey};
@@ -25,7 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::freshness::{FreshnessError, ReplayCache, DEFAULT_REPLAY_CAPACITY, DEFAULT_SKEW_SECS};
 use crate::keyring::{EnclaveKey, KeyRing};
-use crate::prepared::{Prepared, DEFAULT_PREPARED_CAPACITY};
+use crate::shares::{Shares, DEFAULT_SHARE_CAPACITY};
 use crate::workload::Workloads;
 
 /// Largest output one job may produce (a whole response must stay within
@@ -43,9 +42,10 @@ pub struct Config {
     pub skew_secs: u64,
     /// Request ids remembered at most.
     pub replay_capacity: usize,
-    /// (enclave key, client key) pairs that keep a response encapsulation
-    /// prepared for the client's next job; 0 turns preparing off.
-    pub prepared_capacity: usize,
+    /// (enclave key, client key) pairs whose Diffie-Hellman is kept for
+    /// the client's next responses; 0 keeps none (every response then does
+    /// one X25519).
+    pub share_capacity: usize,
 }
 
 impl Default for Config {
@@ -55,7 +55,7 @@ impl Default for Config {
             grace_secs: 3600,
             skew_secs: DEFAULT_SKEW_SECS,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
-            prepared_capacity: DEFAULT_PREPARED_CAPACITY,
+            share_capacity: DEFAULT_SHARE_CAPACITY,
         }
     }
 }
@@ -80,7 +80,7 @@ pub struct Enclave {
     measurement: String,
     keys: Mutex<KeyRing>,
     replay: Mutex<ReplayCache>,
-    prepared: Mutex<Prepared>,
+    shares: Mutex<Shares>,
     workloads: Workloads,
 }
 
@@ -109,7 +109,7 @@ impl Enclave {
             measurement,
             keys: Mutex::new(KeyRing::new(config.rotate_secs, config.grace_secs, now)),
             replay: Mutex::new(ReplayCache::new(config.replay_capacity, config.skew_secs)),
-            prepared: Mutex::new(Prepared::new(config.prepared_capacity)),
+            shares: Mutex::new(Shares::new(config.share_capacity)),
             workloads,
         }
     }
@@ -197,23 +197,43 @@ impl Enclave {
         changed.then(|| FromEnclave::KeysChanged { keys: ring.infos() })
     }
 
-    /// Drops (and zeroizes) prepared encapsulations of keys no longer held.
+    /// Drops (and zeroizes) the kept shares of keys no longer held.
     fn forget_dropped_keys(&self, ring: &KeyRing) {
         let held: Vec<PublicKey> = ring.keys().iter().map(|k| k.secret().public()).collect();
-        lock(&self.prepared).retain_enclave_keys(&held);
+        lock(&self.shares).retain_enclave_keys(&held);
     }
 
-    /// Prepared response encapsulations held (for tests and metrics).
-    pub fn prepared_count(&self) -> usize {
-        lock(&self.prepared).len()
+    /// Key pairs whose share is kept (for tests and metrics).
+    pub fn share_count(&self) -> usize {
+        lock(&self.shares).len()
+    }
+
+    /// The Diffie-Hellman of `key` and `client` for a response: the kept
+    /// one, or made now (one X25519) and kept if the key is still held. The
+    /// check and the insert happen under the key ring's lock (the order
+    /// [`Enclave::tick`] takes them in), so a key dropped meanwhile cannot
+    /// leave an entry behind until the next key change.
+    fn response_share(
+        &self,
+        key: &Arc<EnclaveKey>,
+        client: &PublicKey,
+    ) -> Result<Arc<ResponseStaticShare>, EnvelopeError> {
+        if let Some(share) = lock(&self.shares).get(&key.secret().public(), client) {
+            return Ok(share);
+        }
+        let share = Arc::new(ResponseStaticShare::for_enclave(key.secret(), client)?);
+        let ring = lock(&self.keys);
+        if ring.find(std::slice::from_ref(key.id())).is_some() {
+            lock(&self.shares).put(share.clone());
+        }
+        Ok(share)
     }
 
     /// Runs a job, handing each outgoing message to `emit`; always ends with
     /// exactly one `JobDone` or `JobFailed`.
     pub fn run_job(&self, job: &JobRequest, now: u64, emit: &mut dyn FnMut(FromEnclave)) {
         let start = Instant::now();
-        let mut answered = None;
-        let outcome = self.job_inner(job, now, start, &mut answered, emit);
+        let outcome = self.job_inner(job, now, start, emit);
         let exec_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Ok(done) => {
@@ -246,28 +266,6 @@ impl Enclave {
                 tracing::warn!(job_id = %job.job_id, code = code.as_str(), sealed_error, exec_ms, "job failed");
             }
         }
-        if let Some((key, client)) = answered {
-            self.prepare_next(&key, &client);
-        }
-    }
-
-    /// After a job's last frame: the encapsulation for the client's next
-    /// response from the same key, kept if the key is still held. The check
-    /// and the insert happen under the key ring's lock (the order
-    /// [`Enclave::tick`] takes them in), so a key dropped meanwhile cannot
-    /// leave an entry behind until the next key change.
-    fn prepare_next(&self, key: &Arc<EnclaveKey>, client: &PublicKey) {
-        let prepared = match PreparedResponse::new(key.secret(), client) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(error = %e, "no response encapsulation prepared");
-                return;
-            }
-        };
-        let ring = lock(&self.keys);
-        if ring.find(std::slice::from_ref(key.id())).is_some() {
-            lock(&self.prepared).put(prepared);
-        }
     }
 
     fn job_inner(
@@ -275,7 +273,6 @@ impl Enclave {
         job: &JobRequest,
         now: u64,
         start: Instant,
-        answered: &mut Option<(Arc<EnclaveKey>, PublicKey)>,
         emit: &mut dyn FnMut(FromEnclave),
     ) -> Result<JobSummary, (ErrorCode, bool)> {
         let unsealed = |code| (code, false);
@@ -313,14 +310,13 @@ impl Enclave {
             Err(FreshnessError::Full { .. }) => return Err(unsealed(ErrorCode::Busy)),
             Err(stale @ FreshnessError::Stale { .. }) => Some(stale),
         };
-        let prepared = lock(&self.prepared).take(&key.secret().public(), &body.response_key);
-        let (mut sealer, header_bytes) = ResponseSealer::new_prepared(
-            prepared,
-            key.secret(),
-            &body.response_key,
-            body.request_id,
-        )
-        .map_err(|_| unsealed(ErrorCode::Internal))?;
+        // A response key the client cannot have a share with (a small-order
+        // point) gets no response: the client would refuse it anyway.
+        let share = self
+            .response_share(&key, &body.response_key)
+            .map_err(|e| unsealed(envelope_code(&e)))?;
+        let (mut sealer, header_bytes) = ResponseSealer::with_share(&share, body.request_id)
+            .map_err(|_| unsealed(ErrorCode::Internal))?;
         let mut send_header = Some(header_bytes);
         let job_id = &job.job_id;
         let mut send = |bytes: Vec<u8>, emit: &mut dyn FnMut(FromEnclave)| {
@@ -343,7 +339,6 @@ impl Enclave {
             send(chunk, emit);
             return Err((ErrorCode::Stale, true));
         }
-        *answered = Some((key.clone(), body.response_key));
 
         // Run, sealing streamed pieces as they come.
         let mut streamed = 0usize;
@@ -567,12 +562,12 @@ pub(crate) mod tests {
         whole
     }
 
-    /// After a job the enclave holds an encapsulation for the client's next
-    /// response; the next job uses it (its response opens as usual, with
-    /// the prepared ephemeral key) and prepares another; a replay prepares
-    /// nothing; the entries go when their key is dropped.
+    /// The enclave makes a client's share at its first job to a key and
+    /// keeps it: later responses use it (they open as usual, each with its
+    /// own nonce); a replay makes none; a small-order response key is
+    /// refused as a bad envelope; the shares go when their key is dropped.
     #[test]
-    fn next_response_is_prepared_after_each_job_and_dropped_with_the_key() {
+    fn shares_are_kept_per_client_and_dropped_with_the_key() {
         let e = Enclave::new(
             Box::new(SimEvidenceSource::new(
                 SimRoot::from_seed(&[1; 32]),
@@ -589,7 +584,7 @@ pub(crate) mod tests {
         );
         let client = SecretKey::generate();
         let ek = archipelago_proto::PublicKey(e.key_infos()[0].public_key);
-        let mut encs = Vec::new();
+        let mut nonces = Vec::new();
         for round in 0..3 {
             let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public());
             let env = seal_request(&body, &[ek]).unwrap();
@@ -605,29 +600,56 @@ pub(crate) mod tests {
                 serde_json::json!({"text": "ABC", "chars": 3}),
                 "round {round}"
             );
-            encs.push(whole[RESPONSE_HEADER_LEN - 32..RESPONSE_HEADER_LEN].to_vec());
-            assert_eq!(e.prepared_count(), 1, "round {round}");
-            // A replay is refused before anything is prepared or used.
+            nonces.push(whole[RESPONSE_HEADER_LEN - 32..RESPONSE_HEADER_LEN].to_vec());
+            assert_eq!(e.share_count(), 1, "round {round}");
+            // A replay is refused before any share is looked up.
             let mut again = Vec::new();
             e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
-            assert_eq!(e.prepared_count(), 1);
+            assert_eq!(e.share_count(), 1);
         }
         assert!(
-            encs[0] != encs[1] && encs[1] != encs[2],
-            "one ephemeral key per response"
+            nonces[0] != nonces[1] && nonces[1] != nonces[2],
+            "one nonce per response"
         );
         // A second client gets its own.
         let other = SecretKey::generate();
         let body = RequestBody::new(5, br#"{"prompt":"x"}"#.to_vec(), other.public());
         let env = seal_request(&body, &[ek]).unwrap();
         e.run_job(&job(&other, env), unix_now(), &mut |_| {});
-        assert_eq!(e.prepared_count(), 2);
+        assert_eq!(e.share_count(), 2);
+        // A response key on which no share can be made (the identity point:
+        // an all-zero Diffie-Hellman) gets a code and no response.
+        let mut body = RequestBody::new(5, br#"{"prompt":"x"}"#.to_vec(), other.public());
+        body.response_key = archipelago_proto::PublicKey([0; 32]);
+        let env = seal_request(&body, &[ek]).unwrap();
+        let zero_id = archipelago_proto::KeyId::client(&[0; 32]);
+        let mut frames = Vec::new();
+        e.run_job(
+            &JobRequest {
+                client_key_id: zero_id,
+                ..job(&other, env)
+            },
+            unix_now(),
+            &mut |m| frames.push(m),
+        );
+        assert!(
+            matches!(
+                frames[..],
+                [FromEnclave::JobFailed {
+                    code: ErrorCode::BadEnvelope,
+                    sealed_error: false,
+                    ..
+                }]
+            ),
+            "{frames:?}"
+        );
+        assert_eq!(e.share_count(), 2);
         // Rotation keeps them while the old key is in its grace period ...
         assert!(e.tick(1010).is_some());
-        assert_eq!(e.prepared_count(), 2);
+        assert_eq!(e.share_count(), 2);
         // ... and drops them with it.
         assert!(e.tick(1015).is_some());
-        assert_eq!(e.prepared_count(), 0);
+        assert_eq!(e.share_count(), 0);
     }
 
     #[test]

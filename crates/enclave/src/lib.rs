@@ -9,7 +9,7 @@
 //! - [`keyring`]: enclave keys generated inside, rotated, zeroized after grace.
 //! - [`freshness`]: the skew window and the bounded replay cache.
 //! - [`workload`]: `echo` and the real models of `archipelago_inference`.
-//! - [`prepared`]: response encapsulations made between a client's jobs.
+//! - [`shares`]: each client's response Diffie-Hellman, kept per enclave key.
 //! - [`enclave`]: the logic — evidence, job handling — with no I/O.
 //! - [`serve`]: the channel loop and its threads.
 //! - [`measure`]: the sim enclave's measurement (binary + model files).
@@ -20,8 +20,8 @@ pub mod enclave;
 pub mod freshness;
 pub mod keyring;
 pub mod measure;
-pub mod prepared;
 pub mod serve;
+pub mod shares;
 pub mod workload;
 
 pub use enclave::{Config, Enclave};

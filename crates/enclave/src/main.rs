@@ -63,11 +63,11 @@ struct RunArgs {
     /// Request ids remembered by the replay cache.
     #[arg(long, env = "ARCHIPELAGO_ENCLAVE_REPLAY_CAPACITY", default_value_t = 1 << 20)]
     replay_capacity: usize,
-    /// (Enclave key, client key) pairs that keep a response encapsulation
-    /// prepared between jobs (0: prepare none; each response then does its
-    /// key encapsulation on the job's critical path).
-    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_PREPARED_CAPACITY", default_value_t = archipelago_enclave::prepared::DEFAULT_PREPARED_CAPACITY)]
-    prepared_capacity: usize,
+    /// (Enclave key, client key) pairs whose Diffie-Hellman is kept for the
+    /// client's next responses (0: keep none; each response then does one
+    /// X25519 on the job's critical path).
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_SHARE_CAPACITY", default_value_t = archipelago_enclave::shares::DEFAULT_SHARE_CAPACITY)]
+    share_capacity: usize,
     /// Jobs run at once.
     #[arg(long, env = "ARCHIPELAGO_ENCLAVE_MAX_JOBS", default_value_t = 2)]
     max_jobs: usize,
@@ -143,7 +143,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         grace_secs: args.grace_secs,
         skew_secs: args.skew_secs,
         replay_capacity: args.replay_capacity.max(1),
-        prepared_capacity: args.prepared_capacity,
+        share_capacity: args.share_capacity,
     };
     tracing::info!(
         tee = %source.tee_type(),
@@ -152,7 +152,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rotate_secs = config.rotate_secs,
         grace_secs = config.grace_secs,
         skew_secs = config.skew_secs,
-        prepared_capacity = config.prepared_capacity,
+        share_capacity = config.share_capacity,
         "enclave starting"
     );
     let enclave = Arc::new(Enclave::new(

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 
 use archipelago_proto::envelope::{
     open_request, open_response, open_response_with_share, seal_request_with_rng, ChunkKind,
-    Expectations, PreparedResponse, RequestBody, ResponseOpener, ResponseSealer,
-    ResponseStaticShare,
+    Expectations, RequestBody, ResponseOpener, ResponseSealer, ResponseStaticShare,
 };
 use archipelago_proto::SecretKey;
 use common::{pattern32, Tape};
@@ -71,37 +70,36 @@ fn derive() -> Vec<(&'static str, String)> {
         assert_eq!(opened.body.input(), &input[..]);
     }
 
-    let response_ikm_e = pattern32(0xf0);
-    v.push(("response_ikm_e", hex::encode(response_ikm_e)));
+    let response_nonce = pattern32(0xf0);
+    v.push(("response_nonce", hex::encode(response_nonce)));
     let output = br#"{"labels":[{"label":"Depression","score":0.91}]}"#;
     v.push(("output_utf8", String::from_utf8(output.to_vec()).unwrap()));
-    let mut tape = Tape::new(response_ikm_e.to_vec());
+    let mut tape = Tape::new(response_nonce.to_vec());
     let (mut sealer, header) =
         ResponseSealer::new_with_rng(&enclaves[0], &client.public(), request_id, &mut tape)
             .unwrap();
+    assert_eq!(tape.used(), 32, "randomness: the response nonce");
     let chunk0 = sealer
         .seal_chunk(&output[..12], ChunkKind::Data, false)
         .unwrap();
     let chunk1 = sealer
         .seal_chunk(&output[12..], ChunkKind::Data, true)
         .unwrap();
-    // The same response with its encapsulation prepared ahead of the job
-    // (what the enclave does between a client's jobs): the same bytes.
-    let mut tape = Tape::new(response_ikm_e.to_vec());
-    let prepared =
-        PreparedResponse::new_with_rng(&enclaves[0], &client.public(), &mut tape).unwrap();
-    let (mut p_sealer, p_header) =
-        ResponseSealer::new_prepared(Some(prepared), &enclaves[0], &client.public(), request_id)
-            .unwrap();
-    assert_eq!(p_header, header, "prepared response header");
+    // The same response from the enclave's kept share of the key pair
+    // (what it does from a client's second job on): the same bytes.
+    let enclave_share = ResponseStaticShare::for_enclave(&enclaves[0], &client.public()).unwrap();
+    let mut tape = Tape::new(response_nonce.to_vec());
+    let (mut s_sealer, s_header) =
+        ResponseSealer::with_share_and_rng(&enclave_share, request_id, &mut tape).unwrap();
+    assert_eq!(s_header, header, "response header from the kept share");
     assert_eq!(
-        p_sealer
+        s_sealer
             .seal_chunk(&output[..12], ChunkKind::Data, false)
             .unwrap(),
         chunk0
     );
     assert_eq!(
-        p_sealer
+        s_sealer
             .seal_chunk(&output[12..], ChunkKind::Data, true)
             .unwrap(),
         chunk1
@@ -114,7 +112,7 @@ fn derive() -> Vec<(&'static str, String)> {
         open_response(&whole, &client, &enclaves[0].public(), &request_id).unwrap();
     assert_eq!(kind, ChunkKind::Data);
     assert_eq!(&opened[..], &output[..]);
-    // The client's opener with its static share for the enclave key.
+    // The client's opener with its kept share for the enclave key.
     let share = ResponseStaticShare::new(&client, &enclaves[0].public()).unwrap();
     let (_, with_share) = open_response_with_share(
         &whole,

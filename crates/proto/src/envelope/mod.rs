@@ -9,11 +9,14 @@
 //! wraps' associated data is the header core (everything but the wraps), so a
 //! recipient detects an altered header before touching the body.
 //!
-//! *Response* ([`ResponseSealer`] / [`ResponseOpener`]): HPKE **auth** mode
-//! from the enclave key to the client key, so the client knows which attested
-//! enclave wrote it; one HPKE context per response, one AEAD message per
-//! chunk, each chunk numbered and the last one flagged, so reordering,
-//! duplication, truncation and splicing chunks of another response all fail.
+//! *Response* ([`ResponseSealer`] / [`ResponseOpener`]): keyed by the
+//! static–static Diffie-Hellman of the enclave key and the client key
+//! (kept per key pair on both sides, [`ResponseStaticShare`]), so only the
+//! client can read it and it knows which attested enclave wrote it; a fresh
+//! nonce per response and HPKE's key schedule give one context per
+//! response, one AEAD message per chunk, each chunk numbered and the last
+//! one flagged, so reordering, duplication, truncation and splicing chunks
+//! of another response all fail.
 //!
 //! The byte layout, field by field, and test vectors are in `docs/envelope.md`;
 //! `tests/vectors.rs` re-derives those vectors.
@@ -28,8 +31,7 @@ pub use request::{
 };
 pub use response::{
     open_response, open_response_with_share, peek_response_header, seal_response, Chunk, ChunkKind,
-    PreparedResponse, ResponseHeaderView, ResponseOpener, ResponseSealer, ResponseStaticShare,
-    RESPONSE_HEADER_LEN,
+    ResponseHeaderView, ResponseOpener, ResponseSealer, ResponseStaticShare, RESPONSE_HEADER_LEN,
 };
 
 use hpke::rand_core::UnwrapErr;
@@ -37,7 +39,7 @@ use hpke::rand_core::UnwrapErr;
 /// Magic bytes that open every envelope message: "ARCE".
 pub const MAGIC: [u8; 4] = *b"ARCE";
 /// The only format version this code reads and writes.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Suite 1: DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305.
 pub const SUITE_X25519_SHA256_CHACHA: u16 = 0x0001;
 /// Message kinds (byte 5).
@@ -56,8 +58,8 @@ pub const MAX_RECIPIENTS: usize = 16;
 /// Poly1305 tag length.
 pub const TAG_LEN: usize = 16;
 
-pub(crate) const INFO_WRAP: &[u8] = b"archipelago-envelope-v1/wrap";
-pub(crate) const INFO_RESPONSE: &[u8] = b"archipelago-envelope-v1/response";
+pub(crate) const INFO_WRAP: &[u8] = b"archipelago-envelope-v2/wrap";
+pub(crate) const INFO_RESPONSE: &[u8] = b"archipelago-envelope-v2/response";
 
 pub(crate) type Aead = hpke::aead::ChaCha20Poly1305;
 pub(crate) type Kdf = hpke::kdf::HkdfSha256;
@@ -88,7 +90,7 @@ pub enum EnvelopeError {
     TrailingBytes(usize),
     #[error("not an Archipelago envelope (bad magic bytes)")]
     BadMagic,
-    #[error("envelope version {0} is not supported (this build reads version 1); upgrade the SDK or the enclave")]
+    #[error("envelope version {0} is not supported (this build reads version 2); upgrade the older of the SDK and the enclave")]
     UnsupportedVersion(u8),
     #[error("cipher suite {0:#06x} is not supported (only 0x0001, X25519/HKDF-SHA256/ChaCha20-Poly1305)")]
     UnknownSuite(u16),

@@ -3,7 +3,7 @@
 //! Layout (all integers big-endian; see `docs/envelope.md`):
 //!
 //! ```text
-//! header core   magic "ARCE" | version 1 | kind 0x01 | suite u16
+//! header core   magic "ARCE" | version 2 | kind 0x01 | suite u16
 //!               | workload_id u64 | client key id (len 29 + ASCII)
 //!               | recipient count u8 | recipient ek_ ids (len 29 + ASCII each)
 //! wraps         count × (enc [32] | wrapped content key [32 + 16 tag])

@@ -4,23 +4,31 @@
 //!
 //! ```text
 //! header  magic | version | kind 0x02 | suite | request_id [16]
-//!         | enclave key id (len 29 + ASCII) | client key id (len 29 + ASCII) | enc [32]
+//!         | enclave key id (len 29 + ASCII) | client key id (len 29 + ASCII)
+//!         | response nonce [32]
 //! chunk   magic | version | kind 0x03 | suite | request_id [16] | seq u32 | flags u8
-//!         | length u32 | HPKE ciphertext (length bytes, tag included)
+//!         | length u32 | AEAD ciphertext (length bytes, tag included)
 //! ```
 //!
-//! The HPKE context is set up in auth mode (the enclave's static key
-//! authenticates the sender) with `info = "archipelago-envelope-v1/response"
-//! ‖ header without enc`, and each chunk is one AEAD message whose associated
-//! data is its own 33-byte chunk header. HPKE numbers AEAD messages, so a
-//! chunk opens only at its own position in its own response; the explicit
-//! `seq` and `request_id` fields let the opener say *what* went wrong.
+//! The response's key comes from the static–static Diffie-Hellman of the
+//! enclave key and the client key (so only their holders can seal or open
+//! it, and the client knows which attested enclave wrote it), made fresh per
+//! response by the enclave's random nonce and bound to the header:
+//! `shared_secret = ExtractAndExpand(DH(enclave, client), nonce ‖ pkC ‖ pkE)`
+//! as DHKEM computes it, then HPKE's key schedule (base mode) with
+//! `info = "archipelago-envelope-v2/response" ‖ header without the nonce`.
+//! Both sides keep the Diffie-Hellman per key pair
+//! ([`ResponseStaticShare`]), so a response costs no public-key work.
+//! Each chunk is one AEAD message of that context whose associated data is
+//! its own 33-byte chunk header. HPKE numbers AEAD messages, so a chunk
+//! opens only at its own position in its own response; the explicit `seq`
+//! and `request_id` fields let the opener say *what* went wrong.
 
 use std::fmt;
 
 use hpke::kem::SharedSecret;
 use hpke::rand_core::CryptoRng;
-use hpke::{aead::AeadCtxR, aead::AeadCtxS, Deserializable, OpModeR, OpModeS};
+use hpke::{aead::AeadCtxR, aead::AeadCtxS, OpModeR, OpModeS};
 use zeroize::Zeroizing;
 
 use super::codec::{put_key_id, put_preamble, Reader};
@@ -33,11 +41,13 @@ use crate::keys::{PublicKey, SecretKey};
 
 const FLAG_FINAL: u8 = 0x01;
 const FLAG_ERROR: u8 = 0x02;
+/// Length of the response nonce.
+const NONCE_LEN: usize = 32;
 /// Length of the response header in bytes.
-pub const RESPONSE_HEADER_LEN: usize = 8 + 16 + 30 + 30 + 32;
-/// Offset of `enc` in the response header.
+pub const RESPONSE_HEADER_LEN: usize = 8 + 16 + 30 + 30 + NONCE_LEN;
+/// Offset of the nonce in the response header.
 #[cfg(test)]
-pub(crate) const RESPONSE_ENC_AT: usize = RESPONSE_HEADER_LEN - 32;
+pub(crate) const RESPONSE_NONCE_AT: usize = RESPONSE_HEADER_LEN - NONCE_LEN;
 const CHUNK_HEADER_LEN: usize = 8 + 16 + 4 + 1 + 4;
 
 /// What a chunk carries: output data, or an error report for the client
@@ -90,11 +100,11 @@ pub struct ResponseHeaderView {
 }
 
 /// A parsed response header: its public view, the bytes HPKE's `info`
-/// covers (everything before `enc`), and `enc` itself.
+/// covers (everything before the nonce), and the nonce itself.
 struct HeaderParts<'a> {
     view: ResponseHeaderView,
     info_part: &'a [u8],
-    enc: &'a [u8],
+    nonce: [u8; NONCE_LEN],
 }
 
 fn header_parts(bytes: &[u8]) -> Result<HeaderParts<'_>, EnvelopeError> {
@@ -104,7 +114,7 @@ fn header_parts(bytes: &[u8]) -> Result<HeaderParts<'_>, EnvelopeError> {
     let enclave_key_id = r.key_id("enclave key id", KeyPrefix::Enclave)?;
     let client_key_id = r.key_id("client key id", KeyPrefix::Client)?;
     let info_end = r.pos();
-    let enc = r.take(32, "response enc")?;
+    let nonce = r.array("response nonce")?;
     Ok(HeaderParts {
         view: ResponseHeaderView {
             request_id,
@@ -112,7 +122,7 @@ fn header_parts(bytes: &[u8]) -> Result<HeaderParts<'_>, EnvelopeError> {
             client_key_id,
         },
         info_part: &bytes[..info_end],
-        enc,
+        nonce,
     })
 }
 
@@ -148,7 +158,10 @@ impl fmt::Debug for ResponseSealer {
 
 impl ResponseSealer {
     /// Starts a response to `request_id` from `enclave` to `client`; returns
-    /// the sealer and the header bytes to send first.
+    /// the sealer and the header bytes to send first. Does the key pair's
+    /// Diffie-Hellman now: an enclave that answers a client more than once
+    /// keeps it ([`ResponseStaticShare::for_enclave`],
+    /// [`ResponseSealer::with_share`]).
     pub fn new(
         enclave: &SecretKey,
         client: &PublicKey,
@@ -157,55 +170,47 @@ impl ResponseSealer {
         Self::new_with_rng(enclave, client, request_id, &mut super::os_rng())
     }
 
-    /// As [`ResponseSealer::new`]; draws the 32-byte HPKE `ikmE` from `rng`.
+    /// As [`ResponseSealer::new`]; draws the 32-byte response nonce from
+    /// `rng`.
     pub fn new_with_rng(
         enclave: &SecretKey,
         client: &PublicKey,
         request_id: RequestId,
         rng: &mut impl CryptoRng,
     ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
-        let prepared = PreparedResponse::new_with_rng(enclave, client, rng)?;
-        Self::start(prepared, enclave, request_id)
+        let share = ResponseStaticShare::for_enclave(enclave, client)?;
+        Self::with_share_and_rng(&share, request_id, rng)
     }
 
-    /// As [`ResponseSealer::new`], with the key encapsulation done ahead of
-    /// time ([`PreparedResponse`]) when `prepared` is for this enclave key
-    /// and client key; otherwise (or with `None`) it does one now. The bytes
-    /// on the wire are the same either way.
-    pub fn new_prepared(
-        prepared: Option<PreparedResponse>,
-        enclave: &SecretKey,
-        client: &PublicKey,
+    /// Starts a response with the key pair's Diffie-Hellman kept from an
+    /// earlier one: no public-key work, a fresh nonce from the OS CSPRNG.
+    pub fn with_share(
+        share: &ResponseStaticShare,
         request_id: RequestId,
     ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
-        let prepared = match prepared {
-            Some(p) if p.is_for(enclave, client) => p,
-            _ => PreparedResponse::new(enclave, client)?,
-        };
-        Self::start(prepared, enclave, request_id)
+        Self::with_share_and_rng(share, request_id, &mut super::os_rng())
     }
 
-    /// The header and the HPKE key schedule (no public-key work);
-    /// `prepared` is for `enclave`.
-    fn start(
-        prepared: PreparedResponse,
-        enclave: &SecretKey,
+    /// As [`ResponseSealer::with_share`]; draws the nonce from `rng`.
+    pub fn with_share_and_rng(
+        share: &ResponseStaticShare,
         request_id: RequestId,
+        rng: &mut impl CryptoRng,
     ) -> Result<(ResponseSealer, Vec<u8>), EnvelopeError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
         let mut header = Vec::with_capacity(RESPONSE_HEADER_LEN);
         put_preamble(&mut header, KIND_RESPONSE_HEADER);
         header.extend_from_slice(&request_id);
-        put_key_id(&mut header, &KeyId::enclave(&prepared.enclave.0));
-        put_key_id(&mut header, &KeyId::client(&prepared.client.0));
+        put_key_id(&mut header, &KeyId::enclave(&share.enclave.0));
+        put_key_id(&mut header, &KeyId::client(&share.client.0));
         let info = response_info(&header);
-        header.extend_from_slice(&prepared.enc);
-        // RFC 9180 §5.1.3 SetupAuthS = AuthEncap (done in `prepared`) then
-        // KeySchedule(mode_auth, shared_secret, info): what
-        // `hpke::setup_sender_with_rng` does, split at that seam.
-        // The key schedule reads only the mode's id from it.
-        let mode = OpModeS::Auth(enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?);
-        let ctx =
-            <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(&mode, prepared.shared, &info);
+        header.extend_from_slice(&nonce);
+        let ctx = <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(
+            &OpModeS::Base,
+            share.shared_secret(&nonce)?,
+            &info,
+        );
         Ok((
             ResponseSealer {
                 ctx: ctx.into(),
@@ -256,80 +261,13 @@ impl ResponseSealer {
     }
 }
 
-/// The public-key half of a response's HPKE setup, done before the job it
-/// answers: RFC 9180 `AuthEncap(pkR = client, skS = enclave)`, i.e. a fresh
-/// ephemeral X25519 key and its two Diffie-Hellman operations. It depends
-/// only on the two keys, not on the request (the request id enters the key
-/// schedule through `info`, which [`ResponseSealer::new_prepared`] runs), so
-/// an enclave can make one for a client right after answering it, while
-/// idle, and seal the client's next response without any public-key work.
-/// Used once: sealing consumes it, so no two responses share an ephemeral
-/// key. The shared secret is zeroized on drop; `Debug` shows only the key
-/// ids.
-pub struct PreparedResponse {
-    enclave: PublicKey,
-    client: PublicKey,
-    shared: SharedSecret<Kem>,
-    pub(crate) enc: [u8; 32],
-}
-
-impl PreparedResponse {
-    /// A fresh encapsulation from `enclave` to `client` from the OS CSPRNG.
-    pub fn new(enclave: &SecretKey, client: &PublicKey) -> Result<PreparedResponse, EnvelopeError> {
-        Self::new_with_rng(enclave, client, &mut super::os_rng())
-    }
-
-    /// As [`PreparedResponse::new`]; draws the 32-byte HPKE `ikmE` from `rng`.
-    pub fn new_with_rng(
-        enclave: &SecretKey,
-        client: &PublicKey,
-        rng: &mut impl CryptoRng,
-    ) -> Result<PreparedResponse, EnvelopeError> {
-        let (sk, pk) = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let client_pk = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let (shared, enc) = <Kem as hpke::Kem>::encap_with_rng(&client_pk, Some((&sk, &pk)), rng)
-            .map_err(|_| EnvelopeError::SealFailed)?;
-        let enc = super::enc_bytes(&enc)?;
-        Ok(PreparedResponse {
-            enclave: enclave.public(),
-            client: *client,
-            shared,
-            enc,
-        })
-    }
-
-    /// Whether this encapsulation is from `enclave` to `client`.
-    pub fn is_for(&self, enclave: &SecretKey, client: &PublicKey) -> bool {
-        self.enclave == enclave.public() && self.client == *client
-    }
-
-    /// The enclave key it is from.
-    pub fn enclave(&self) -> &PublicKey {
-        &self.enclave
-    }
-
-    /// The client key it is to.
-    pub fn client(&self) -> &PublicKey {
-        &self.client
-    }
-}
-
-impl fmt::Debug for PreparedResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PreparedResponse")
-            .field("enclave", &KeyId::enclave(&self.enclave.0).to_string())
-            .field("client", &KeyId::client(&self.client.0).to_string())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The client's static half of a response's auth-mode key agreement,
-/// `DH(client secret key, enclave public key)` (RFC 9180 `AuthDecap`'s
-/// second Diffie-Hellman), which is the same for every response from that
-/// enclave key to that client key. A client keeps one per enclave key it
-/// seals to and opens each response with one X25519 (the ephemeral one)
-/// instead of two ([`ResponseOpener::new_with_share`]). Zeroized on drop;
-/// `Debug` shows only the key ids.
+/// The static–static Diffie-Hellman of one enclave key and one client key,
+/// `DH(enclave secret, client public) = DH(client secret, enclave public)`:
+/// every response between the two starts from it. It is the same for every
+/// response of the pair, so the enclave keeps one per client it answers and
+/// the client one per enclave key it seals to, and neither does public-key
+/// work per response; each response's nonce makes its key fresh.
+/// Zeroized on drop; `Debug` shows only the key ids.
 pub struct ResponseStaticShare {
     client: PublicKey,
     enclave: PublicKey,
@@ -337,8 +275,9 @@ pub struct ResponseStaticShare {
 }
 
 impl ResponseStaticShare {
-    /// `DH(client, enclave)`; refuses an enclave key whose result is the
-    /// all-zero value (a small-order point), as RFC 9180 §7.1.4 requires.
+    /// The client's side: `DH(client, enclave)`. Refuses an enclave key
+    /// whose result is the all-zero value (a small-order point), as RFC 9180
+    /// §7.1.4 requires of DHKEM(X25519).
     pub fn new(
         client: &SecretKey,
         enclave: &PublicKey,
@@ -351,43 +290,54 @@ impl ResponseStaticShare {
         })
     }
 
-    /// Whether this share is for `client` and `enclave`.
-    pub fn is_for(&self, client: &SecretKey, enclave: &PublicKey) -> bool {
-        self.client == client.public() && self.enclave == *enclave
+    /// The enclave's side: `DH(enclave, client)`, the same value. Refuses a
+    /// small-order client key likewise.
+    pub fn for_enclave(
+        enclave: &SecretKey,
+        client: &PublicKey,
+    ) -> Result<ResponseStaticShare, EnvelopeError> {
+        let dh = x25519(enclave, &client.0).ok_or(EnvelopeError::BadPublicKey)?;
+        Ok(ResponseStaticShare {
+            client: *client,
+            enclave: enclave.public(),
+            dh,
+        })
     }
 
-    /// RFC 9180 §4.1 `AuthDecap(enc, skR, pkS)` for DHKEM(X25519,
-    /// HKDF-SHA256), with `DH(skR, pkS)` taken from this share:
-    /// `ExtractAndExpand(DH(skR, pkE) ‖ DH(skR, pkS), enc ‖ pkRm ‖ pkSm)`
-    /// under the KEM's suite id, exactly as `hpke`'s own decapsulation
-    /// computes it (the documented vectors and a test against
-    /// `hpke::setup_receiver` check that).
-    fn auth_decap(
-        &self,
-        client: &SecretKey,
-        enc: &[u8],
-    ) -> Result<SharedSecret<Kem>, EnvelopeError> {
-        let enc: [u8; 32] = enc
-            .try_into()
-            .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
-        let eph = x25519(client, &enc).ok_or(EnvelopeError::ChunkAuthFailed(0))?;
-        let mut ikm = Zeroizing::new([0u8; 64]);
-        ikm[..32].copy_from_slice(eph.as_ref());
-        ikm[32..].copy_from_slice(self.dh.as_ref());
-        let mut kem_context = [0u8; 96];
-        kem_context[..32].copy_from_slice(&enc);
-        kem_context[32..64].copy_from_slice(&self.client.0);
-        kem_context[64..].copy_from_slice(&self.enclave.0);
+    /// Whether this share is for `client` and `enclave`.
+    pub fn is_for(&self, client: &PublicKey, enclave: &PublicKey) -> bool {
+        self.client == *client && self.enclave == *enclave
+    }
+
+    /// The client key.
+    pub fn client(&self) -> &PublicKey {
+        &self.client
+    }
+
+    /// The enclave key.
+    pub fn enclave(&self) -> &PublicKey {
+        &self.enclave
+    }
+
+    /// The response's KEM shared secret, as DHKEM(X25519, HKDF-SHA256)
+    /// derives one (RFC 9180 §4.1) with the nonce in the place of `enc`:
+    /// `ExtractAndExpand(dh, kem_context = nonce ‖ pkC ‖ pkE)` under the
+    /// KEM's suite id (`"KEM" ‖ 0x0020`).
+    fn shared_secret(&self, nonce: &[u8; NONCE_LEN]) -> Result<SharedSecret<Kem>, EnvelopeError> {
+        let mut kem_context = [0u8; NONCE_LEN + 64];
+        kem_context[..NONCE_LEN].copy_from_slice(nonce);
+        kem_context[NONCE_LEN..NONCE_LEN + 32].copy_from_slice(&self.client.0);
+        kem_context[NONCE_LEN + 32..].copy_from_slice(&self.enclave.0);
         let id = <Kem as hpke::Kem>::KEM_ID.to_be_bytes();
         let suite_id = [b'K', b'E', b'M', id[0], id[1]];
         let mut shared = SharedSecret::<Kem>::default();
         <Kdf as hpke::kdf::Kdf>::extract_and_expand(
-            ikm.as_ref(),
+            self.dh.as_ref(),
             &suite_id,
             &kem_context,
             &mut shared.0,
         )
-        .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
+        .map_err(|_| EnvelopeError::SealFailed)?;
         Ok(shared)
     }
 }
@@ -442,9 +392,9 @@ impl ResponseOpener {
         Self::new_with_share(header, client, enclave, request_id, None)
     }
 
-    /// As [`ResponseOpener::new`], reusing the static Diffie-Hellman of
-    /// `share` when it is for this client key and enclave key (one X25519
-    /// instead of two, and no public-key derivation). Same result.
+    /// As [`ResponseOpener::new`], reusing `share` when it is for this
+    /// client key and enclave key (no public-key work); without one it does
+    /// the Diffie-Hellman now. Same result.
     pub fn new_with_share(
         header: &[u8],
         client: &SecretKey,
@@ -455,7 +405,7 @@ impl ResponseOpener {
         let HeaderParts {
             view,
             info_part,
-            enc,
+            nonce,
         } = header_parts(header)?;
         let expected_enclave = KeyId::enclave(&enclave.0);
         if view.enclave_key_id != expected_enclave {
@@ -473,28 +423,21 @@ impl ResponseOpener {
         if view.request_id != *request_id {
             return Err(EnvelopeError::RequestIdMismatch);
         }
-        let sender = enclave.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-        let info = response_info(info_part);
-        let ctx = match share.filter(|s| s.is_for(client, enclave)) {
-            Some(share) => {
-                let shared = share.auth_decap(client, enc)?;
-                <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(
-                    &OpModeR::Auth(sender),
-                    shared,
-                    &info,
-                )
-                .into()
-            }
+        let made;
+        let share = match share.filter(|s| s.is_for(&client.public(), enclave)) {
+            Some(share) => share,
             None => {
-                let (sk, _) = client.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-                let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-                    .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?;
-                hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Auth(sender), &sk, &enc, &info)
-                    .map_err(|_| EnvelopeError::ChunkAuthFailed(0))?
+                made = ResponseStaticShare::new(client, enclave)?;
+                &made
             }
         };
+        let ctx = <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(
+            &OpModeR::Base,
+            share.shared_secret(&nonce)?,
+            &response_info(info_part),
+        );
         Ok(ResponseOpener {
-            ctx,
+            ctx: ctx.into(),
             request_id: *request_id,
             next_seq: 0,
             finished: false,

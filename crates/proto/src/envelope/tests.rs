@@ -1,7 +1,7 @@
 //! One test per refusal: each way an envelope can be wrong maps to its own
 //! typed error, and none of them panics.
 
-use super::response::RESPONSE_ENC_AT;
+use super::response::RESPONSE_NONCE_AT;
 use super::*;
 use crate::ids::KeyId;
 use crate::keys::PublicKey;
@@ -104,11 +104,13 @@ fn bad_magic_version_kind_suite() {
     b[0] ^= 1;
     assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::BadMagic);
     let mut b = f.sealed.clone();
-    b[4] = 2;
-    assert_eq!(
-        open(&f, &b).unwrap_err(),
-        EnvelopeError::UnsupportedVersion(2)
-    );
+    for old_or_new in [1, 3] {
+        b[4] = old_or_new;
+        assert_eq!(
+            open(&f, &b).unwrap_err(),
+            EnvelopeError::UnsupportedVersion(old_or_new)
+        );
+    }
     let mut b = f.sealed.clone();
     b[5] = KIND_RESPONSE_CHUNK;
     assert!(matches!(open(&f, &b), Err(EnvelopeError::WrongKind { .. })));
@@ -408,7 +410,7 @@ fn response_from_wrong_enclave_or_to_wrong_client() {
 #[test]
 fn response_forged_by_another_key_fails_authentication() {
     // The impostor writes a header naming the genuine enclave's key id, but
-    // can only run HPKE auth mode with its own static key.
+    // can only key the response with its own Diffie-Hellman with the client.
     let s = stream(1);
     let impostor = SecretKey::generate();
     let (mut forged, mut header) =
@@ -528,75 +530,27 @@ fn prepared_wraps_are_checked_like_recipients() {
     );
 }
 
-/// A response sealed with an encapsulation prepared for its enclave and
-/// client opens like any other; one prepared for another key pair is not
-/// used (a fresh one is made), so a mix-up cannot produce a response the
-/// client cannot open, and each prepared one serves one response.
+/// The enclave's share and the client's share of a key pair are the same
+/// Diffie-Hellman: a response sealed from the enclave's opens with the
+/// client's, with none (computed on the spot) and streamed; each response's
+/// nonce gives it a fresh key; a share for other keys is not used; a
+/// small-order key is refused when a share is made.
 #[test]
-fn prepared_response_is_used_only_for_its_keys() {
-    let client = SecretKey::generate();
-    let enclave = SecretKey::generate();
-    let other = SecretKey::generate();
-    let open_with = |prepared: Option<PreparedResponse>, expect_enc: Option<[u8; 32]>| {
-        let (mut sealer, header) =
-            ResponseSealer::new_prepared(prepared, &enclave, &client.public(), [3; 16]).unwrap();
-        let enc: [u8; 32] = header[RESPONSE_ENC_AT..RESPONSE_ENC_AT + 32]
-            .try_into()
-            .unwrap();
-        if let Some(e) = expect_enc {
-            assert_eq!(enc, e);
-        }
-        let whole = [
-            header,
-            sealer.seal_chunk(b"out", ChunkKind::Data, true).unwrap(),
-        ]
-        .concat();
-        let (_, data) = open_response(&whole, &client, &enclave.public(), &[3; 16]).unwrap();
-        assert_eq!(&data[..], b"out");
-        enc
-    };
-    let p = PreparedResponse::new(&enclave, &client.public()).unwrap();
-    assert!(p.is_for(&enclave, &client.public()));
-    assert_eq!(p.enclave(), &enclave.public());
-    let p_enc = p.enc;
-    assert_eq!(open_with(Some(p), Some(p_enc)), p_enc);
-    // Prepared from another enclave key, or to another client: not used.
-    for wrong in [
-        PreparedResponse::new(&other, &client.public()).unwrap(),
-        PreparedResponse::new(&enclave, &other.public()).unwrap(),
-    ] {
-        assert!(!wrong.is_for(&enclave, &client.public()));
-        let wrong_enc = wrong.enc;
-        assert_ne!(open_with(Some(wrong), None), wrong_enc);
-    }
-    // Two fresh setups never share an ephemeral key.
-    assert_ne!(open_with(None, None), open_with(None, None));
-    // Debug names the keys, never the secret.
-    let shown = format!(
-        "{:?}",
-        PreparedResponse::new(&enclave, &client.public()).unwrap()
-    );
-    assert!(shown.contains(client.client_id().as_str()), "{shown}");
-    // No other field than the two key ids.
-    assert!(
-        !shown.contains("shared:") && shown.ends_with(", .. }") && shown.matches(',').count() == 2,
-        "{shown}"
-    );
-}
-
-/// Opening with the client's cached static share gives what HPKE's own
-/// receiver setup gives, for many key pairs; a share for other keys is not
-/// used; a small-order enclave key is refused when the share is made.
-#[test]
-fn static_share_opens_exactly_like_hpke() {
+fn static_shares_agree_and_each_response_is_fresh() {
     for i in 0..32u8 {
         let client = SecretKey::generate();
         let enclave = SecretKey::generate();
         let out = vec![i; 1 + i as usize * 7];
-        let sealed =
-            seal_response(&enclave, &client.public(), [i; 16], ChunkKind::Data, &out).unwrap();
+        let sealer_share = ResponseStaticShare::for_enclave(&enclave, &client.public()).unwrap();
+        assert!(sealer_share.is_for(&client.public(), &enclave.public()));
+        let (mut sealer, header) = ResponseSealer::with_share(&sealer_share, [i; 16]).unwrap();
+        let sealed = [
+            header.clone(),
+            sealer.seal_chunk(&out, ChunkKind::Data, true).unwrap(),
+        ]
+        .concat();
         let share = ResponseStaticShare::new(&client, &enclave.public()).unwrap();
-        assert!(share.is_for(&client, &enclave.public()));
+        assert!(share.is_for(&client.public(), &enclave.public()));
         let (_, a) = open_response(&sealed, &client, &enclave.public(), &[i; 16]).unwrap();
         let (_, b) =
             open_response_with_share(&sealed, &client, &enclave.public(), &[i; 16], Some(&share))
@@ -622,6 +576,19 @@ fn static_share_opens_exactly_like_hpke() {
             open_response_with_share(&bad, &client, &enclave.public(), &[i; 16], Some(&share)),
             Err(EnvelopeError::ChunkAuthFailed(0))
         ));
+        // A second response from the same share, to the same request id and
+        // with the same output: another nonce, another key.
+        let (mut again, header2) = ResponseSealer::with_share(&sealer_share, [i; 16]).unwrap();
+        assert_ne!(
+            header[RESPONSE_NONCE_AT..],
+            header2[RESPONSE_NONCE_AT..],
+            "nonce reused"
+        );
+        assert_ne!(
+            again.seal_chunk(&out, ChunkKind::Data, true).unwrap(),
+            sealed[RESPONSE_HEADER_LEN..],
+            "two responses share a key"
+        );
     }
     // A share for another enclave or client is ignored, not misused.
     let client = SecretKey::generate();
@@ -631,35 +598,51 @@ fn static_share_opens_exactly_like_hpke() {
         ResponseStaticShare::new(&client, &SecretKey::generate().public()).unwrap(),
         ResponseStaticShare::new(&SecretKey::generate(), &enclave.public()).unwrap(),
     ] {
-        assert!(!wrong.is_for(&client, &enclave.public()));
+        assert!(!wrong.is_for(&client.public(), &enclave.public()));
         let (_, data) =
             open_response_with_share(&sealed, &client, &enclave.public(), &[1; 16], Some(&wrong))
                 .unwrap();
         assert_eq!(&data[..], b"x");
     }
-    // A response forged by another key fails with the share too.
+    // A response forged by another key fails with the share too, and so
+    // does one whose nonce was changed on the way.
     let forger = SecretKey::generate();
     let forged = seal_response(&forger, &client.public(), [1; 16], ChunkKind::Data, b"x").unwrap();
     let mut spliced = forged.clone();
     spliced[8 + 16..8 + 16 + 30].copy_from_slice(&sealed[8 + 16..8 + 16 + 30]);
     let share = ResponseStaticShare::new(&client, &enclave.public()).unwrap();
-    assert!(matches!(
-        open_response_with_share(&spliced, &client, &enclave.public(), &[1; 16], Some(&share)),
-        Err(EnvelopeError::ChunkAuthFailed(0))
-    ));
-    // A response whose `enc` is the identity point (all-zero ephemeral DH)
-    // is refused on the share path as HPKE refuses it.
-    let mut zero_enc = sealed.clone();
-    zero_enc[RESPONSE_ENC_AT..RESPONSE_ENC_AT + 32].fill(0);
-    for share in [None, Some(&share)] {
-        assert!(matches!(
-            open_response_with_share(&zero_enc, &client, &enclave.public(), &[1; 16], share),
-            Err(EnvelopeError::ChunkAuthFailed(0))
-        ));
+    let mut renonced = sealed.clone();
+    renonced[RESPONSE_NONCE_AT] ^= 1;
+    for bad in [&spliced, &renonced] {
+        for share in [None, Some(&share)] {
+            assert!(matches!(
+                open_response_with_share(bad, &client, &enclave.public(), &[1; 16], share),
+                Err(EnvelopeError::ChunkAuthFailed(0))
+            ));
+        }
     }
-    // The identity point (u = 0) gives the all-zero DH: refused.
+    // The identity point (u = 0) gives the all-zero DH: refused on both
+    // sides, and by an opener that has to make its own share.
     assert!(matches!(
         ResponseStaticShare::new(&client, &PublicKey([0; 32])),
+        Err(EnvelopeError::BadPublicKey)
+    ));
+    assert!(matches!(
+        ResponseStaticShare::for_enclave(&enclave, &PublicKey([0; 32])),
+        Err(EnvelopeError::BadPublicKey)
+    ));
+    assert!(matches!(
+        ResponseSealer::new(&enclave, &PublicKey([0; 32]), [1; 16]),
+        Err(EnvelopeError::BadPublicKey)
+    ));
+    let mut zero = sealed.clone();
+    zero[8 + 16..8 + 16 + 30].copy_from_slice(&{
+        let mut id = Vec::new();
+        super::codec::put_key_id(&mut id, &KeyId::enclave(&[0; 32]));
+        id
+    });
+    assert!(matches!(
+        open_response(&zero, &client, &PublicKey([0; 32]), &[1; 16]),
         Err(EnvelopeError::BadPublicKey)
     ));
     // Names only, no secret: not `!contains("dh")`, which a random base32
