@@ -119,6 +119,12 @@ impl Enclave {
         self.source.tee_type()
     }
 
+    /// Whether a job of `workload_id` must run on a thread that ends with
+    /// it (see [`Workloads::binds_its_thread`]).
+    pub fn binds_its_thread(&self, workload_id: u64) -> bool {
+        self.workloads.binds_its_thread(workload_id)
+    }
+
     /// Public descriptions of the keys held, newest first.
     pub fn key_infos(&self) -> Vec<KeyInfo> {
         lock(&self.keys).infos()

@@ -1,28 +1,31 @@
 //! The channel loop: read [`IslandFrame`]s, answer with [`EnclaveFrame`]s.
 //!
 //! One thread at a time reads requests and answers control messages at
-//! once. When it reads a job it passes the channel to a standby thread and
-//! runs the job itself (at most `max_jobs` at a time), writing its frames as
-//! they are produced, then ends. So each job runs on a fresh thread that ends
-//! with it (fresh, not pooled: llama.cpp's OpenMP keeps worker threads for
-//! each thread that called it while that thread lives, and with more of them
-//! than CPUs it stops spinning at its barriers, which made chat 2.2x slower
-//! when jobs ran on long-lived threads), yet no job waits for a thread to
-//! start or for a second thread to wake. A ticker thread applies the key
-//! rotation schedule and announces changes with an unsolicited
-//! `KeysChanged`. Writers share one lock, so frames never interleave
-//! mid-frame. A refused frame is fatal: the island is expected to restart
-//! the enclave.
+//! once. When it reads a job it passes the channel to a spare thread that
+//! waits for it, and runs the job itself (at most `max_jobs` at a time),
+//! writing its frames as they are produced. So no job waits for a thread
+//! to start or for a second thread to wake, and nothing starts while a
+//! model runs (a thread start there took the CPU from one of the model's
+//! threads, whose partner then waited for it). After the job the thread
+//! waits as the next spare, unless the workload binds its thread: chat
+//! jobs end their thread and start a fresh spare, because llama.cpp's
+//! OpenMP keeps worker threads for each thread that called it while that
+//! thread lives, and with more of them than CPUs it stops spinning at its
+//! barriers (which made chat 2.2x slower on long-lived threads). A ticker
+//! thread applies the key rotation schedule and announces changes with an
+//! unsolicited `KeysChanged`. Writers share one lock, so frames never
+//! interleave mid-frame. A refused frame is fatal: the island is expected
+//! to restart the enclave.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use archipelago_proto::channel::{
     encode_frame, read_frame, ChannelError, EnclaveFrame, ErrorCode, FromEnclave, IslandFrame,
-    ToEnclave,
+    JobRequest, ToEnclave,
 };
 
 use crate::enclave::{unix_now, Enclave};
@@ -97,7 +100,7 @@ impl<W: Write> Out<W> {
 }
 
 /// Job slots: the ids running, and the threads still busy with a job
-/// (its frames and, after them, the next response's preparation).
+/// (its frames and, after them, the spare standby's start).
 #[derive(Default)]
 struct Slots {
     running: HashSet<String>,
@@ -105,18 +108,36 @@ struct Slots {
 }
 
 /// What every reader thread shares.
-struct Shared<W: Write> {
+struct Shared<R, W: Write> {
     enclave: Arc<Enclave>,
     out: Arc<Out<W>>,
     opts: ServeOptions,
     slots: Mutex<Slots>,
     /// Signalled when a job thread finishes (for `Shutdown`).
     idle: Condvar,
+    /// A standby thread started between jobs, for the leader to hand the
+    /// channel to when it reads the next job (see [`serve`]).
+    spare: Mutex<Spare<R>>,
+    /// Channel threads started so far.
+    started: Arc<AtomicUsize>,
 }
 
-impl<W: Write> Shared<W> {
+/// The spare standby, if one is ready; none is started once the channel
+/// has ended (its thread would wait for a channel that will not come).
+struct Spare<R> {
+    tx: Option<mpsc::SyncSender<R>>,
+    closed: bool,
+}
+
+impl<R, W: Write> Shared<R, W> {
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Spare<R>> {
+        self.spare
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -124,9 +145,9 @@ impl<W: Write> Shared<W> {
 
 /// Ends a job thread's slot when the thread is done with the job, also if
 /// the workload panicked.
-struct SlotGuard<'a, W: Write>(&'a Shared<W>);
+struct SlotGuard<'a, R, W: Write>(&'a Shared<R, W>);
 
-impl<W: Write> Drop for SlotGuard<'_, W> {
+impl<R, W: Write> Drop for SlotGuard<'_, R, W> {
     fn drop(&mut self) {
         let mut s = self.0.slots();
         s.threads = s.threads.saturating_sub(1);
@@ -159,18 +180,32 @@ impl Drop for Reporter {
 /// Serves the channel until `Shutdown`, the end of `input`, or a refused
 /// frame.
 ///
-/// Leader and standby: the thread reading the channel (the leader) runs
-/// the first job it reads itself, on the core that just woke up for the
-/// frame, after passing the channel to a standby thread started earlier,
-/// which becomes the next leader and starts its own standby. So a job
-/// waits for no thread start and no second wake-up, and every job still
-/// runs on a thread that never ran one before and ends with it (see the
-/// module doc for why that matters).
+/// Leader and spare: the thread reading the channel (the leader) runs the
+/// first job it reads itself, on the core that just woke up for the frame,
+/// after passing the channel to the spare thread, which becomes the next
+/// leader. When its job is over the thread becomes the next spare, or, if
+/// the workload binds its thread, ends and starts one (see the module
+/// doc).
 pub fn serve<R, W>(
     enclave: Arc<Enclave>,
     input: R,
     output: W,
     opts: ServeOptions,
+) -> Result<(), ServeError>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    serve_counted(enclave, input, output, opts, Arc::default())
+}
+
+/// [`serve`], counting the channel threads it starts in `started`.
+fn serve_counted<R, W>(
+    enclave: Arc<Enclave>,
+    input: R,
+    output: W,
+    opts: ServeOptions,
+    started: Arc<AtomicUsize>,
 ) -> Result<(), ServeError>
 where
     R: Read + Send + 'static,
@@ -203,6 +238,11 @@ where
         opts,
         slots: Mutex::default(),
         idle: Condvar::new(),
+        spare: Mutex::new(Spare {
+            tx: None,
+            closed: false,
+        }),
+        started,
     });
     let (done_tx, done_rx) = mpsc::channel();
     // The first leader is a thread too: the thread that called `serve`
@@ -214,6 +254,7 @@ where
             return Err(ServeError::NoThread);
         }
     };
+    shared.spare().tx = standby(&shared, &done_tx);
     drop(done_tx);
     let result = if first.send(input).is_err() {
         Err(ServeError::NoThread)
@@ -230,7 +271,7 @@ where
 /// Starts a thread that waits for the channel and then leads; `None` (after
 /// logging why) when no thread can be started.
 fn standby<R, W>(
-    shared: &Arc<Shared<W>>,
+    shared: &Arc<Shared<R, W>>,
     done: &mpsc::Sender<Result<(), ServeError>>,
 ) -> Option<mpsc::SyncSender<R>>
 where
@@ -239,17 +280,15 @@ where
 {
     let (tx, rx) = mpsc::sync_channel::<R>(1);
     let (shared, done) = (shared.clone(), done.clone());
+    let counter = shared.started.clone();
     let spawned = std::thread::Builder::new()
         .name("job".into())
-        .spawn(move || {
-            // The leader that started this one ended without a job to hand
-            // over: nothing to do.
-            if let Ok(input) = rx.recv() {
-                lead(&shared, input, done);
-            }
-        });
+        .spawn(move || channel_thread(&shared, rx, &done));
     match spawned {
-        Ok(_) => Some(tx),
+        Ok(_) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Some(tx)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot start a channel thread");
             None
@@ -257,9 +296,64 @@ where
     }
 }
 
-/// Reads frames until the channel ends or a job arrives; a job is run here
-/// after the channel has gone to the standby.
-fn lead<R, W>(shared: &Arc<Shared<W>>, mut input: R, done: mpsc::Sender<Result<(), ServeError>>)
+/// A channel thread's life: wait to be handed the channel, lead until a
+/// job arrives, run it, then either wait again as the spare (a workload
+/// that leaves nothing in its thread: no thread start or exit per job) or
+/// end, starting a fresh spare (chat: llama.cpp's OpenMP team stays with
+/// the thread that called it).
+fn channel_thread<R, W>(
+    shared: &Arc<Shared<R, W>>,
+    rx: mpsc::Receiver<R>,
+    done: &mpsc::Sender<Result<(), ServeError>>,
+) where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    // The leader that started this one ended without a job to hand over,
+    // or the channel ended: nothing to do.
+    let Ok(mut input) = rx.recv() else { return };
+    loop {
+        let Some((req, job)) = lead(shared, input, done) else {
+            return;
+        };
+        if shared.enclave.binds_its_thread(job.workload_id) {
+            run(shared, req, job, || {});
+            let mut spare = shared.spare();
+            if spare.tx.is_none() && !spare.closed {
+                spare.tx = standby(shared, done);
+            }
+            return;
+        }
+        // This thread is the spare from just before the job's last frames
+        // (so the island's next job finds it), and takes the channel once
+        // the job is over.
+        let (tx, rx) = mpsc::sync_channel::<R>(1);
+        let mut offered = false;
+        run(shared, req, job, || {
+            let mut spare = shared.spare();
+            if spare.tx.is_none() && !spare.closed {
+                spare.tx = Some(tx);
+                offered = true;
+            }
+        });
+        if !offered {
+            return;
+        }
+        match rx.recv() {
+            Ok(i) => input = i,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads frames and answers control messages until the channel ends
+/// (`None`) or a job arrives, which it returns after handing the channel
+/// to the spare.
+fn lead<R, W>(
+    shared: &Arc<Shared<R, W>>,
+    mut input: R,
+    done: &mpsc::Sender<Result<(), ServeError>>,
+) -> Option<(u64, JobRequest)>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
@@ -268,16 +362,23 @@ where
         done: done.clone(),
         armed: true,
     };
-    // Started now, while the previous leader's job runs, not when the next
-    // job is waiting.
-    let mut next = standby(shared, &done);
+    // The channel's end is the end of the spare, too: dropping its sender
+    // ends its thread.
+    let retire = |reporter: Reporter, r: Result<(), ServeError>| {
+        let mut spare = shared.spare();
+        spare.closed = true;
+        spare.tx = None;
+        drop(spare);
+        reporter.report(r);
+        None
+    };
     let (enclave, out) = (&shared.enclave, &shared.out);
     loop {
         let frame = match read_frame::<IslandFrame, _>(&mut input) {
             Ok(Some(f)) => f,
             Ok(None) => {
                 tracing::info!("island closed the channel; exiting");
-                return reporter.report(Ok(()));
+                return retire(reporter, Ok(()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "refused a frame; exiting");
@@ -287,7 +388,7 @@ where
                         code: ErrorCode::BadFrame,
                     },
                 );
-                return reporter.report(Err(ServeError::Channel(e)));
+                return retire(reporter, Err(ServeError::Channel(e)));
             }
         };
         let req = frame.req;
@@ -320,9 +421,11 @@ where
                     );
                     continue;
                 }
-                // Hand the channel on (a standby could not be started
-                // earlier: try once more), then run the job here.
-                let handed = match next.take().or_else(|| standby(shared, &done)) {
+                // Hand the channel on (to a thread started now if no spare
+                // is ready: two jobs at once, or no thread could be
+                // started after the last one), then run the job here.
+                let spare = shared.spare().tx.take();
+                let handed = match spare.or_else(|| standby(shared, done)) {
                     Some(tx) => match tx.send(input) {
                         Ok(()) => None,
                         Err(mpsc::SendError(back)) => Some(back),
@@ -349,35 +452,8 @@ where
                 let mut reporter = reporter;
                 reporter.armed = false;
                 drop(reporter);
-                drop(done);
                 tracing::debug!(job_id = %job.job_id, "job frame read; channel handed on");
-                let _slot = SlotGuard(shared);
-                // A job that does not stream sends its frames (response
-                // header, chunks, end) together when it ends.
-                let mut held = Vec::new();
-                enclave.run_job(&job, unix_now(), &mut |msg| {
-                    let end = matches!(
-                        msg,
-                        FromEnclave::JobDone { .. } | FromEnclave::JobFailed { .. }
-                    );
-                    // Free the slot before the island hears the job ended,
-                    // so its next job is not refused as Busy.
-                    if end {
-                        shared.slots().running.remove(&job.job_id);
-                    }
-                    if job.stream {
-                        out.send(req, msg);
-                    } else {
-                        held.push(msg);
-                        if end {
-                            out.send_all(req, std::mem::take(&mut held));
-                        }
-                    }
-                });
-                if !held.is_empty() {
-                    out.send_all(req, held);
-                }
-                return;
+                return Some((req, job));
             }
             ToEnclave::Shutdown => {
                 let mut s = shared.slots();
@@ -393,9 +469,44 @@ where
                 }
                 drop(s);
                 out.send(req, FromEnclave::Bye);
-                return reporter.report(Ok(()));
+                return retire(reporter, Ok(()));
             }
         }
+    }
+}
+
+/// Runs a job whose slot [`lead`] took, writing its frames (a job that
+/// does not stream sends them together when it ends), and frees the slot;
+/// `before_end` runs just before the frame that ends the job is written.
+fn run<R, W: Write>(shared: &Shared<R, W>, req: u64, job: JobRequest, before_end: impl FnOnce()) {
+    let _slot = SlotGuard(shared);
+    let out = &shared.out;
+    let mut held = Vec::new();
+    let mut before_end = Some(before_end);
+    shared.enclave.run_job(&job, unix_now(), &mut |msg| {
+        let end = matches!(
+            msg,
+            FromEnclave::JobDone { .. } | FromEnclave::JobFailed { .. }
+        );
+        // Free the slot before the island hears the job ended, so its next
+        // job is not refused as Busy.
+        if end {
+            shared.slots().running.remove(&job.job_id);
+            if let Some(f) = before_end.take() {
+                f();
+            }
+        }
+        if job.stream {
+            out.send(req, msg);
+        } else {
+            held.push(msg);
+            if end {
+                out.send_all(req, std::mem::take(&mut held));
+            }
+        }
+    });
+    if !held.is_empty() {
+        out.send_all(req, held);
     }
 }
 
@@ -415,6 +526,7 @@ mod tests {
         from: Receiver<EnclaveFrame>,
         served: std::thread::JoinHandle<Result<(), ServeError>>,
         key: PublicKey,
+        started: Arc<AtomicUsize>,
     }
 
     fn start(max_jobs: usize) -> Harness {
@@ -435,7 +547,9 @@ mod tests {
             max_jobs,
             tick: Duration::from_secs(3600),
         };
-        let served = std::thread::spawn(move || serve(enclave, in_r, out_w, opts));
+        let started = Arc::new(AtomicUsize::new(0));
+        let counter = started.clone();
+        let served = std::thread::spawn(move || serve_counted(enclave, in_r, out_w, opts, counter));
         let (tx, from) = mpsc::channel();
         std::thread::spawn(move || {
             while let Ok(Some(f)) = read_frame::<EnclaveFrame, _>(&mut out_r) {
@@ -449,6 +563,7 @@ mod tests {
             from,
             served,
             key,
+            started,
         }
     }
 
@@ -462,8 +577,18 @@ mod tests {
         }
         /// An echo job for `client`, and its request id.
         fn job(&self, id: &str, client: &SecretKey, prompt: &str) -> (JobRequest, [u8; 16]) {
+            self.job_of(5, id, client, prompt)
+        }
+        /// A job of `workload` for `client`, and its request id.
+        fn job_of(
+            &self,
+            workload: u64,
+            id: &str,
+            client: &SecretKey,
+            prompt: &str,
+        ) -> (JobRequest, [u8; 16]) {
             let body = RequestBody::new(
-                5,
+                workload,
                 format!(r#"{{"prompt":"{prompt}"}}"#).into_bytes(),
                 client.public(),
             );
@@ -471,7 +596,7 @@ mod tests {
             (
                 JobRequest {
                     job_id: id.into(),
-                    workload_id: 5,
+                    workload_id: workload,
                     client_key_id: client.client_id(),
                     envelope: Blob(env),
                     stream: false,
@@ -538,6 +663,76 @@ mod tests {
             assert_eq!(f.req, 100 + i);
             assert!(matches!(f.msg, FromEnclave::Evidence { .. }), "{:?}", f.msg);
         }
+        drop(h.to.take());
+        h.served.join().unwrap().unwrap();
+    }
+
+    /// A thread that ran a workload which leaves nothing in it waits as the
+    /// next spare, so back-to-back echo jobs start no threads beyond the
+    /// first leader and its spare; a chat job's thread ends with it and a
+    /// fresh spare is started (llama.cpp's OpenMP stays with its thread).
+    #[test]
+    fn threads_are_reused_unless_the_workload_binds_them() {
+        let mut h = start(2);
+        let client = SecretKey::generate();
+        // Once the first leader answers, it and the spare have started.
+        h.send(
+            1,
+            ToEnclave::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        );
+        assert!(matches!(h.next().msg, FromEnclave::Ready { .. }));
+        assert_eq!(
+            h.started.load(Ordering::Relaxed),
+            2,
+            "the first leader and its spare"
+        );
+        let mut req = 10;
+        let mut echo = |h: &mut Harness, i: u64| {
+            let (job, rid) = h.job(&format!("e{i}"), &client, "abc");
+            req += 1;
+            h.send(req, ToEnclave::RunJob(job));
+            let frames = h.job_frames(req);
+            assert_eq!(
+                opened(h, &frames, &client, &rid),
+                r#"{"text":"ABC","chars":3}"#
+            );
+        };
+        for i in 0..5 {
+            echo(&mut h, i);
+        }
+        assert_eq!(
+            h.started.load(Ordering::Relaxed),
+            2,
+            "echo threads are reused"
+        );
+        // Chat (no model here: it fails, sealed, but still ran on its thread).
+        let (job, _) = h.job_of(1, "c1", &client, "hi");
+        h.send(50, ToEnclave::RunJob(job));
+        let frames = h.job_frames(50);
+        assert!(matches!(
+            frames.last(),
+            Some(FromEnclave::JobFailed {
+                code: ErrorCode::ModelUnavailable,
+                sealed_error: true,
+                ..
+            })
+        ));
+        // Its thread starts the next spare just after the job's frames.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while h.started.load(Ordering::Relaxed) < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            h.started.load(Ordering::Relaxed),
+            3,
+            "a fresh spare after chat"
+        );
+        for i in 5..8 {
+            echo(&mut h, i);
+        }
+        assert_eq!(h.started.load(Ordering::Relaxed), 3);
         drop(h.to.take());
         h.served.join().unwrap().unwrap();
     }

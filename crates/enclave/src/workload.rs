@@ -112,6 +112,19 @@ impl Workloads {
         out
     }
 
+    /// Whether a thread that ran workload `id` must end with the job
+    /// ([`WorkloadKind::binds_its_thread`]; echo leaves nothing; an
+    /// unknown id is treated as binding, to be safe).
+    pub fn binds_its_thread(&self, id: u64) -> bool {
+        if id == ECHO_WORKLOAD_ID {
+            return false;
+        }
+        u32::try_from(id)
+            .ok()
+            .and_then(WorkloadKind::from_id)
+            .is_none_or(WorkloadKind::binds_its_thread)
+    }
+
     /// Runs workload `id` on `input`. `sink` receives streamed pieces
     /// (plaintext, to be sealed at once).
     pub fn run(
@@ -251,6 +264,9 @@ mod tests {
             ErrorCode::ModelUnavailable
         );
         assert_eq!(w.ids(), vec![5]);
+        // Only chat (llama.cpp's OpenMP) and unknown ids keep their thread.
+        assert!(!w.binds_its_thread(5) && !w.binds_its_thread(2) && !w.binds_its_thread(3));
+        assert!(w.binds_its_thread(1) && w.binds_its_thread(99) && w.binds_its_thread(u64::MAX));
         assert!(w.measured_files().is_empty());
     }
 }

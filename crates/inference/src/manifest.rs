@@ -53,6 +53,15 @@ impl WorkloadKind {
         Self::ALL.into_iter().find(|k| k.id() == id)
     }
 
+    /// Whether running it leaves state in the calling thread that slows
+    /// later work there, so the caller should run each job on a thread that
+    /// ends with it: chat, whose llama.cpp OpenMP team stays with every
+    /// thread that called it for that thread's life. The MiniLM workloads
+    /// use one process-wide team and leave nothing.
+    pub fn binds_its_thread(self) -> bool {
+        matches!(self, WorkloadKind::Chat)
+    }
+
     /// The manifest of this workload.
     pub fn manifest(self) -> Manifest {
         let h = |s: &str| -> [u8; 32] {
