@@ -2,8 +2,10 @@
 //!
 //! The secret half lives in a zeroize-on-drop buffer and its `Debug` prints
 //! only the key id, so a stray `{:?}` in a log cannot leak it. The public half
-//! is computed once at creation: HPKE needs it on every open, and recomputing
-//! it would cost a scalar multiplication each time.
+//! is computed once at creation: every open needs it (HPKE's `kem_context`),
+//! and recomputing it would cost a scalar multiplication each time (as
+//! `hpke`'s own `decap` does, which is why the envelope's opens do their
+//! decapsulation themselves).
 
 use std::fmt;
 
@@ -96,13 +98,6 @@ impl SecretKey {
     /// `ek_` id of this key.
     pub fn enclave_id(&self) -> KeyId {
         KeyId::enclave(&self.public.0)
-    }
-
-    pub(crate) fn to_kem(&self) -> Result<(KemPrivate, KemPublic), hpke::HpkeError> {
-        Ok((
-            KemPrivate::from_bytes(self.secret.as_ref())?,
-            self.public.to_kem()?,
-        ))
     }
 }
 

@@ -36,6 +36,8 @@ pub use response::{
 
 use hpke::rand_core::UnwrapErr;
 
+use crate::keys::SecretKey;
+
 /// Magic bytes that open every envelope message: "ARCE".
 pub const MAGIC: [u8; 4] = *b"ARCE";
 /// The only format version this code reads and writes.
@@ -72,6 +74,34 @@ pub(crate) fn enc_bytes(enc: &<Kem as hpke::Kem>::EncappedKey) -> Result<[u8; 32
         .as_slice()
         .try_into()
         .map_err(|_| EnvelopeError::SealFailed)
+}
+
+/// X25519 of `sk` and the point `pk`; `None` for the all-zero result (a
+/// small-order point), which RFC 9180 §7.1.4 requires DHKEM(X25519) to
+/// refuse.
+pub(crate) fn x25519(sk: &SecretKey, pk: &[u8; 32]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+    let secret = x25519_dalek::StaticSecret::from(*sk.to_bytes());
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*pk));
+    if !shared.was_contributory() {
+        return None;
+    }
+    Some(zeroize::Zeroizing::new(*shared.as_bytes()))
+}
+
+/// DHKEM(X25519, HKDF-SHA256)'s `ExtractAndExpand(dh, kem_context)` (RFC
+/// 9180 §4.1) under the KEM's suite id (`"KEM" ‖ 0x0020`): the KEM shared
+/// secret that HPKE's key schedule ([`hpke::kdf::Kdf::combine_secrets`])
+/// takes.
+pub(crate) fn dhkem_shared_secret(
+    dh: &[u8; 32],
+    kem_context: &[u8],
+) -> Result<hpke::kem::SharedSecret<Kem>, EnvelopeError> {
+    let id = <Kem as hpke::Kem>::KEM_ID.to_be_bytes();
+    let suite_id = [b'K', b'E', b'M', id[0], id[1]];
+    let mut shared = hpke::kem::SharedSecret::<Kem>::default();
+    <Kdf as hpke::kdf::Kdf>::extract_and_expand(dh, &suite_id, kem_context, &mut shared.0)
+        .map_err(|_| EnvelopeError::SealFailed)?;
+    Ok(shared)
 }
 
 /// The operating system's CSPRNG, as the RNG type HPKE takes.

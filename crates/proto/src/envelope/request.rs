@@ -18,14 +18,15 @@ use std::fmt;
 
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::ChaCha20Poly1305;
+use hpke::aead::AeadCtxR;
 use hpke::rand_core::CryptoRng;
-use hpke::{Deserializable, OpModeR, OpModeS};
+use hpke::{OpModeR, OpModeS};
 use zeroize::Zeroizing;
 
 use super::codec::{put_key_id, put_preamble, Reader};
 use super::{
-    Aead, EnvelopeError, Kdf, Kem, RequestId, INFO_WRAP, KIND_REQUEST, MAX_ENVELOPE_LEN,
-    MAX_INPUT_LEN, MAX_RECIPIENTS, TAG_LEN,
+    dhkem_shared_secret, x25519, Aead, EnvelopeError, Kdf, Kem, RequestId, INFO_WRAP, KIND_REQUEST,
+    MAX_ENVELOPE_LEN, MAX_INPUT_LEN, MAX_RECIPIENTS, TAG_LEN,
 };
 use crate::ids::{KeyId, KeyPrefix};
 use crate::keys::{PublicKey, SecretKey};
@@ -395,6 +396,34 @@ pub struct OpenedRequest {
     pub body: RequestBody,
 }
 
+/// RFC 9180 `OpenBase(enc, skR, info = INFO_WRAP, aad, ct)`, with
+/// `Decap`'s `pkRm` taken from `key` rather than derived from the secret
+/// again (as `hpke`'s `decap` does: a fixed-base scalar multiplication, a
+/// quarter of the open's public-key work, for a value the enclave holds).
+/// A failure of any part, an all-zero Diffie-Hellman included, is
+/// `HeaderAuthFailed`: the wrap or the header it covers was altered.
+pub(crate) fn open_wrap(
+    key: &SecretKey,
+    enc: &[u8],
+    wrapped: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
+    let enc: &[u8; ENC_LEN] = enc
+        .try_into()
+        .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+    let dh = x25519(key, enc).ok_or(EnvelopeError::HeaderAuthFailed)?;
+    let mut kem_context = [0u8; ENC_LEN + 32];
+    kem_context[..ENC_LEN].copy_from_slice(enc);
+    kem_context[ENC_LEN..].copy_from_slice(&key.public().0);
+    let shared =
+        dhkem_shared_secret(&dh, &kem_context).map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+    let mut ctx: AeadCtxR<Aead, Kdf, Kem> =
+        <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(&OpModeR::Base, shared, INFO_WRAP)
+            .into();
+    ctx.open(wrapped, aad)
+        .map_err(|_| EnvelopeError::HeaderAuthFailed)
+}
+
 /// Opens a request envelope with one enclave key.
 pub fn open_request(
     bytes: &[u8],
@@ -426,20 +455,7 @@ pub fn open_request(
         .position(|id| *id == own)
         .ok_or_else(|| EnvelopeError::NotARecipient(own.to_string()))?;
     let (enc, wrapped) = p.wraps[idx];
-    let (sk, _) = key.to_kem().map_err(|_| EnvelopeError::BadPublicKey)?;
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-        .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
-    let content_key = Zeroizing::new(
-        hpke::single_shot_open::<Aead, Kdf, Kem>(
-            &OpModeR::Base,
-            &sk,
-            &enc,
-            INFO_WRAP,
-            wrapped,
-            p.core,
-        )
-        .map_err(|_| EnvelopeError::HeaderAuthFailed)?,
-    );
+    let content_key = Zeroizing::new(open_wrap(key, enc, wrapped, p.core)?);
     let content_key: &[u8; 32] = content_key
         .as_slice()
         .try_into()

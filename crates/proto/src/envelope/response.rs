@@ -33,8 +33,8 @@ use zeroize::Zeroizing;
 
 use super::codec::{put_key_id, put_preamble, Reader};
 use super::{
-    Aead, EnvelopeError, Kdf, Kem, RequestId, INFO_RESPONSE, KIND_RESPONSE_CHUNK,
-    KIND_RESPONSE_HEADER, MAX_CHUNK_LEN, MAX_ENVELOPE_LEN, TAG_LEN,
+    dhkem_shared_secret, x25519, Aead, EnvelopeError, Kdf, Kem, RequestId, INFO_RESPONSE,
+    KIND_RESPONSE_CHUNK, KIND_RESPONSE_HEADER, MAX_CHUNK_LEN, MAX_ENVELOPE_LEN, TAG_LEN,
 };
 use crate::ids::{KeyId, KeyPrefix};
 use crate::keys::{PublicKey, SecretKey};
@@ -328,28 +328,8 @@ impl ResponseStaticShare {
         kem_context[..NONCE_LEN].copy_from_slice(nonce);
         kem_context[NONCE_LEN..NONCE_LEN + 32].copy_from_slice(&self.client.0);
         kem_context[NONCE_LEN + 32..].copy_from_slice(&self.enclave.0);
-        let id = <Kem as hpke::Kem>::KEM_ID.to_be_bytes();
-        let suite_id = [b'K', b'E', b'M', id[0], id[1]];
-        let mut shared = SharedSecret::<Kem>::default();
-        <Kdf as hpke::kdf::Kdf>::extract_and_expand(
-            self.dh.as_ref(),
-            &suite_id,
-            &kem_context,
-            &mut shared.0,
-        )
-        .map_err(|_| EnvelopeError::SealFailed)?;
-        Ok(shared)
+        dhkem_shared_secret(&self.dh, &kem_context)
     }
-}
-
-/// X25519 of `sk` and the point `pk`; `None` for the all-zero result.
-fn x25519(sk: &SecretKey, pk: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
-    let secret = x25519_dalek::StaticSecret::from(*sk.to_bytes());
-    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*pk));
-    if !shared.was_contributory() {
-        return None;
-    }
-    Some(Zeroizing::new(*shared.as_bytes()))
 }
 
 impl fmt::Debug for ResponseStaticShare {

@@ -656,3 +656,53 @@ fn static_shares_agree_and_each_response_is_fresh() {
         "{shown}"
     );
 }
+
+/// The enclave's own decapsulation (the public key from the key pair, not
+/// derived again) opens every wrap exactly as `hpke`'s `single_shot_open`
+/// does, and refuses what it refuses: another key's wrap, an altered `enc`
+/// and the identity point (an all-zero Diffie-Hellman).
+#[test]
+fn wrap_open_agrees_with_hpke() {
+    use hpke::{Deserializable, OpModeR};
+    for i in 0..24u8 {
+        let f = fixture(1 + (i as usize % 3));
+        let (_, wraps, _) = offsets(f.enclaves.len());
+        let core = &f.sealed[..wraps];
+        for (r, key) in f.enclaves.iter().enumerate() {
+            let at = wraps + 80 * r;
+            let (enc, wrapped) = (&f.sealed[at..at + 32], &f.sealed[at + 32..at + 80]);
+            let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(key.to_bytes().as_ref()).unwrap();
+            let enc_k = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).unwrap();
+            let theirs = hpke::single_shot_open::<Aead, Kdf, Kem>(
+                &OpModeR::Base,
+                &sk,
+                &enc_k,
+                INFO_WRAP,
+                wrapped,
+                core,
+            )
+            .unwrap();
+            let ours = super::request::open_wrap(key, enc, wrapped, core).unwrap();
+            assert_eq!(ours, theirs, "wrap {r} of envelope {i}");
+            let other = SecretKey::generate();
+            assert_eq!(
+                super::request::open_wrap(&other, enc, wrapped, core),
+                Err(EnvelopeError::HeaderAuthFailed)
+            );
+            let mut bad = enc.to_vec();
+            bad[i as usize % 32] ^= 1 << (i % 8);
+            assert_eq!(
+                super::request::open_wrap(key, &bad, wrapped, core),
+                Err(EnvelopeError::HeaderAuthFailed)
+            );
+        }
+    }
+    let f = fixture(1);
+    let (_, wraps, _) = offsets(1);
+    let mut zero = f.sealed.clone();
+    zero[wraps..wraps + 32].fill(0);
+    assert_eq!(
+        open(&f, &zero).unwrap_err(),
+        EnvelopeError::HeaderAuthFailed
+    );
+}
