@@ -100,7 +100,7 @@ impl<W: Write> Out<W> {
 }
 
 /// Job slots: the ids running, and the threads still busy with a job
-/// (its frames and, after them, the spare standby's start).
+/// (running it and writing its frames).
 #[derive(Default)]
 struct Slots {
     running: HashSet<String>,
@@ -115,15 +115,16 @@ struct Shared<R, W: Write> {
     slots: Mutex<Slots>,
     /// Signalled when a job thread finishes (for `Shutdown`).
     idle: Condvar,
-    /// A standby thread started between jobs, for the leader to hand the
-    /// channel to when it reads the next job (see [`serve`]).
+    /// The thread the leader hands the channel to when it reads the next
+    /// job: a job thread whose job is over, or one started for the
+    /// purpose (see [`serve`]).
     spare: Mutex<Spare<R>>,
     /// Channel threads started so far.
     started: Arc<AtomicUsize>,
 }
 
-/// The spare standby, if one is ready; none is started once the channel
-/// has ended (its thread would wait for a channel that will not come).
+/// The spare, if one is ready; none is taken on once the channel has ended
+/// (its thread would wait for a channel that will not come).
 struct Spare<R> {
     tx: Option<mpsc::SyncSender<R>>,
     closed: bool,
@@ -575,6 +576,16 @@ mod tests {
         fn next(&self) -> EnclaveFrame {
             self.from.recv_timeout(Duration::from_secs(30)).unwrap()
         }
+        /// `Hello` as request 1, and its `Ready`.
+        fn hello(&mut self) {
+            self.send(
+                1,
+                ToEnclave::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            );
+            assert!(matches!(self.next().msg, FromEnclave::Ready { .. }));
+        }
         /// An echo job for `client`, and its request id.
         fn job(&self, id: &str, client: &SecretKey, prompt: &str) -> (JobRequest, [u8; 16]) {
             self.job_of(5, id, client, prompt)
@@ -637,13 +648,7 @@ mod tests {
     fn jobs_and_control_frames_are_served_as_the_reader_moves_on() {
         let mut h = start(2);
         let client = SecretKey::generate();
-        h.send(
-            1,
-            ToEnclave::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        );
-        assert!(matches!(h.next().msg, FromEnclave::Ready { .. }));
+        h.hello();
         for i in 0..6u64 {
             let (job, rid) = h.job(&format!("j{i}"), &client, "abc");
             h.send(10 + i, ToEnclave::RunJob(job));
@@ -676,13 +681,7 @@ mod tests {
         let mut h = start(2);
         let client = SecretKey::generate();
         // Once the first leader answers, it and the spare have started.
-        h.send(
-            1,
-            ToEnclave::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        );
-        assert!(matches!(h.next().msg, FromEnclave::Ready { .. }));
+        h.hello();
         assert_eq!(
             h.started.load(Ordering::Relaxed),
             2,
