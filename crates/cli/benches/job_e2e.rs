@@ -189,7 +189,7 @@ impl Trace {
 /// CPU time (user + system, ms) and minor page faults so far of the
 /// coordinator (pid `c`), the island agent (pid `i`), the enclave (the
 /// agent's child) and this process, from /proc.
-fn cpu_ms((c, i): (u32, u32)) -> [(f64, f64); 4] {
+fn proc_stats((c, i): (u32, u32)) -> [(f64, f64); 4] {
     fn of(pid: u32) -> (f64, f64) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return (0.0, 0.0);
@@ -621,7 +621,7 @@ async fn run(
     macro_rules! pairs {
         ($job:literal, $rounds:expr, $w:expr, $json:expr, $bytes:expr, $s:expr, $label:expr) => {
             if want($job) {
-                let cpu0 = cpu_ms(pids);
+                let cpu0 = proc_stats(pids);
                 for round in 0..$rounds {
                     for step in 0..2 {
                         let is_plain = (step + round) % 2 == 0;
@@ -651,7 +651,7 @@ async fn run(
                         $s.pair_diff.push($s.conf[n - 1] - $s.plain[n - 1]);
                     }
                 }
-                let cpu1 = cpu_ms(pids);
+                let cpu1 = proc_stats(pids);
                 let jobs = ($s.plain.len() + $s.conf.len()).max(1) as f64;
                 let per = |k: usize, f: fn((f64, f64)) -> f64| (f(cpu1[k]) - f(cpu0[k])) / jobs;
                 eprintln!(
