@@ -136,10 +136,10 @@ def setup_r(enc, sk_r, info):
     return Context(MODE_BASE, decap(enc, sk_r), info)
 
 
-# ---------------------------------------------------------------- envelope v2
-MAGIC, VERSION, SUITE = b"ARCE", 2, 1
-WRAP_INFO = b"archipelago-envelope-v2/wrap"
-RESPONSE_INFO = b"archipelago-envelope-v2/response"
+# ---------------------------------------------------------------- envelope v3
+MAGIC, VERSION, SUITE = b"ARCE", 3, 1
+WRAP_INFO = b"archipelago-envelope-v3/wrap"
+RESPONSE_INFO = b"archipelago-envelope-v3/response"
 ZERO_NONCE = b"\x00" * 12
 
 
@@ -193,10 +193,18 @@ def open_request(env, sk_r):
     pt = ChaCha20Poly1305(content_key).decrypt(ZERO_NONCE, body, header)
     b_workload, request_id, issued_at = struct.unpack(">Q", pt[:8])[0], pt[8:24], struct.unpack(">Q", pt[24:32])[0]
     response_key, m = pt[32:64], struct.unpack(">I", pt[64:68])[0]
-    need(len(pt) == 68 + m, "malformed body")
+    need(len(pt) >= 69 + m, "malformed body")
+    inp, k, pos = pt[68:68 + m], pt[68 + m], 69 + m
+    need(k <= 16, "too many next encs")
+    next_encs = []
+    for _ in range(k):
+        need(pt[pos] == 29 and pt[pos + 1:pos + 4] == b"ek_", "next enc key id")
+        next_encs.append((pt[pos + 1:pos + 30].decode(), pt[pos + 30:pos + 62]))
+        pos += 62
+    need(len(pt) == pos, "trailing bytes in the body")
     need(b_workload == workload_id, "workload mismatch")
     need(key_id("ck_", response_key) == client_kid, "response key mismatch")
-    return workload_id, client_kid, request_id, issued_at, response_key, pt[68:]
+    return workload_id, client_kid, request_id, issued_at, response_key, inp, next_encs
 
 
 def response_header_prefix(request_id, enclave_pk, client_pk):
@@ -240,6 +248,7 @@ def main():
         hx = lambda name: bytes.fromhex(v[name])
         csk, e0sk, e1sk = hx("client_secret_key"), hx("enclave_0_secret_key"), hx("enclave_1_secret_key")
         content_key, ikm0, ikm1, rnonce = hx("content_key"), hx("ikm_e_0"), hx("ikm_e_1"), hx("response_nonce")
+        next_ikm0 = hx("next_ikm_e_0")
         workload_id, request_id, issued_at = int(v["workload_id"]), hx("request_id"), int(v["issued_at"])
         inp, out = v["input_utf8"].encode("utf-8"), v["output_utf8"].encode("utf-8")
     except (OSError, KeyError, ValueError) as e:
@@ -275,13 +284,19 @@ def main():
     check("enclave_1_public_key", e1pk.hex())
     check("enclave_1_key_id", key_id("ek_", e1pk))
 
+    # The client's next wrap to enclave_0, set up ahead and announced in
+    # this body: its enc is DeriveKeyPair(next_ikm_e_0)'s public key.
+    next_enc0 = setup_s(e0pk, WRAP_INFO, next_ikm0)[0]
+    check("next_enc_0", next_enc0.hex())
+    next_encs = [(key_id("ek_", e0pk), next_enc0)]
     body_pt = (struct.pack(">Q", workload_id) + request_id + struct.pack(">Q", issued_at)
-               + cpk + struct.pack(">I", len(inp)) + inp)
+               + cpk + struct.pack(">I", len(inp)) + inp + bytes([len(next_encs)])
+               + b"".join(key_id_field(kid) + enc for kid, enc in next_encs))
     env = seal_request(workload_id, cpk, [e0pk, e1pk], content_key, [ikm0, ikm1], body_pt)
     check("request_envelope", env.hex())
     check("request_envelope_b64url", base64.urlsafe_b64encode(env).decode().rstrip("="))
 
-    expected_open = (workload_id, key_id("ck_", cpk), request_id, issued_at, cpk, inp)
+    expected_open = (workload_id, key_id("ck_", cpk), request_id, issued_at, cpk, inp, next_encs)
     doc_env = bytes.fromhex(v.get("request_envelope", ""))
     check_open("request_envelope (opened as enclave_0)", lambda: open_request(doc_env, e0sk) == expected_open)
     check_open("request_envelope (opened as enclave_1)", lambda: open_request(doc_env, e1sk) == expected_open)

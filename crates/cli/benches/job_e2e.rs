@@ -53,7 +53,9 @@
 //! `BENCH_NO_IDEMPOTENCY=1` submits the confidential jobs without the
 //! SDK's Idempotency-Key. `ARCHIPELAGO_ENCLAVE_SHARE_CAPACITY=0` (inherited by the enclave)
 //! makes the enclave keep no client's response Diffie-Hellman (one X25519
-//! per response), for an A/B run of the same build.
+//! per response), and `ARCHIPELAGO_ENCLAVE_DECAP_CAPACITY=0` no
+//! decapsulation of the encs the SDK announces (one X25519 per open), for
+//! an A/B run of the same build.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -65,8 +67,8 @@ use archipelago_attest::{Policy, SimRoot};
 use archipelago_client::{ApiClient, Keystore, Session};
 use archipelago_proto::api::SubmitJobRequest;
 use archipelago_proto::envelope::{
-    open_request, open_response_with_share, seal_request, ChunkKind, Expectations, RequestBody,
-    ResponseSealer, ResponseStaticShare,
+    open_request_with, open_response_with_share, seal_request_prepared, ChunkKind, Expectations,
+    PreparedDecap, PreparedWrap, RequestBody, ResponseSealer, ResponseStaticShare,
 };
 use archipelago_proto::{b64, SecretKey};
 use serde_json::{json, Value};
@@ -736,6 +738,9 @@ async fn run(
     // case after the warm-up), unless keeping shares is turned off.
     let kept =
         std::env::var("ARCHIPELAGO_ENCLAVE_SHARE_CAPACITY").map_or(true, |v| v.trim() != "0");
+    // And the decapsulation made ahead for the enc the SDK announced.
+    let decapped =
+        std::env::var("ARCHIPELAGO_ENCLAVE_DECAP_CAPACITY").map_or(true, |v| v.trim() != "0");
     for (name, s) in [
         ("classify (MiniLM), one sentence", &mut classify),
         ("classify (MiniLM), patient record", &mut record),
@@ -750,7 +755,7 @@ async fn run(
         if n == 0 {
             continue;
         }
-        let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, kept);
+        let enclave_ms = enclave_crypto_ms(s.input_len, s.output_len, kept, decapped);
         let (open_hpke, open_hpke_no_share) = client_open_ms(s.output_len);
         let d = median(&mut s.pair_diff);
         let p = median(&mut s.plain);
@@ -793,10 +798,16 @@ async fn run(
 }
 
 /// Median in-process time of what the enclave adds for one job of these
-/// sizes: open the request envelope, then set up the response (from the
-/// share kept since the client's first job, or with the Diffie-Hellman
-/// now) and seal the output.
-fn enclave_crypto_ms(input_len: usize, output_len: usize, with_kept_share: bool) -> f64 {
+/// sizes: open the request envelope (with the decapsulation made after the
+/// previous job for the enc it announced, or with the X25519 now), then set
+/// up the response (from the share kept since the client's first job, or
+/// with the Diffie-Hellman now) and seal the output.
+fn enclave_crypto_ms(
+    input_len: usize,
+    output_len: usize,
+    with_kept_share: bool,
+    with_prepared_decap: bool,
+) -> f64 {
     let enclave = SecretKey::generate();
     let client = SecretKey::generate();
     let input = vec![b'x'; input_len];
@@ -808,18 +819,27 @@ fn enclave_crypto_ms(input_len: usize, output_len: usize, with_kept_share: bool)
     let mut times = Vec::new();
     for _ in 0..200 {
         let body = RequestBody::new(3, input.clone(), client.public());
-        let Ok(env) = seal_request(&body, &[enclave.public()]) else {
+        let Ok(wrap) = PreparedWrap::new(&enclave.public()) else {
+            return f64::NAN;
+        };
+        let ahead = if with_prepared_decap {
+            PreparedDecap::new(&enclave, wrap.enc()).ok()
+        } else {
+            None
+        };
+        let Ok(env) = seal_request_prepared(&body, vec![wrap]) else {
             return f64::NAN;
         };
         let cid = client.client_id();
         let t0 = Instant::now();
-        let Ok(opened) = open_request(
+        let Ok(opened) = open_request_with(
             &env,
             &enclave,
             &Expectations {
                 workload_id: Some(3),
                 client_key_id: Some(&cid),
             },
+            |_| ahead,
         ) else {
             return f64::NAN;
         };

@@ -4,14 +4,15 @@
 //! response — checking it was written by one of the chosen enclaves for
 //! this very request — and decrypt.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use archipelago_attest::Policy;
 use archipelago_proto::api::{EncryptedPayload, Job, SubmitJobRequest, MODE_TEE};
 use archipelago_proto::envelope::{
-    open_response_with_share, peek_response_header, seal_request_prepared, ChunkKind, PreparedWrap,
-    RequestBody, RequestId, ResponseOpener, ResponseStaticShare, MAX_ENVELOPE_LEN,
+    open_response_with_share, peek_response_header, seal_request_prepared, ChunkKind, NextEnc,
+    PreparedWrap, RequestBody, RequestId, ResponseOpener, ResponseStaticShare, MAX_ENVELOPE_LEN,
     RESPONSE_HEADER_LEN,
 };
 use archipelago_proto::{b64, KeyId, PublicKey, SecretKey};
@@ -429,11 +430,14 @@ impl ShareCache {
 /// session seals to. A seal takes one per recipient (or, with none ready,
 /// sets one up inline) and asks the pool's thread to prepare replacements,
 /// so a session that keeps sealing to the same enclaves does the requests'
-/// public-key work between jobs rather than on their critical path. Each
+/// public-key work between jobs rather than on their critical path. A key's
+/// contexts are used oldest first, and each seal announces the `enc` of the
+/// one after it, so the enclave can do its side of that next request's
+/// key agreement between jobs too (`docs/envelope.md`, next encs). Each
 /// context is used once; a key's contexts are dropped (and zeroized) when
 /// the session forgets its recipients or ends.
 struct WrapPool {
-    ready: Arc<std::sync::Mutex<std::collections::HashMap<PublicKey, Vec<PreparedWrap>>>>,
+    ready: Arc<std::sync::Mutex<std::collections::HashMap<PublicKey, VecDeque<PreparedWrap>>>>,
     /// To the preparing thread, started on first use; it ends with the session.
     worker: std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<PublicKey>>>>,
 }
@@ -450,21 +454,38 @@ impl WrapPool {
         }
     }
 
-    /// One context per recipient, in order: a prepared one where ready.
-    fn take(&self, recipients: &[PublicKey]) -> Result<Vec<PreparedWrap>, ClientError> {
+    /// One context per recipient, in order: a prepared one where ready
+    /// (the oldest, which the last seal announced), and for each key with
+    /// another one ready, that one's `enc`: what this seal announces for the
+    /// next (`NextEnc`, so the enclave decapsulates it between jobs).
+    fn take(
+        &self,
+        recipients: &[PublicKey],
+    ) -> Result<(Vec<PreparedWrap>, Vec<NextEnc>), ClientError> {
         let mut out = Vec::with_capacity(recipients.len());
+        let mut next = Vec::new();
         for pk in recipients {
-            let ready = self
+            let (ready, following) = self
                 .ready
                 .lock()
                 .ok()
-                .and_then(|mut m| m.get_mut(pk).and_then(|v| v.pop()));
+                .and_then(|mut m| {
+                    m.get_mut(pk)
+                        .map(|v| (v.pop_front(), v.front().map(|w| *w.enc())))
+                })
+                .unwrap_or((None, None));
             out.push(match ready {
                 Some(w) => w,
                 None => PreparedWrap::new(pk)?,
             });
+            if let Some(enc) = following {
+                next.push(NextEnc {
+                    recipient: KeyId::enclave(&pk.0),
+                    enc,
+                });
+            }
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// Asks the thread to top up these keys' contexts.
@@ -488,7 +509,7 @@ impl WrapPool {
                         return;
                     };
                     for pk in keys {
-                        let have = ready.lock().map(|m| m.get(&pk).map_or(0, Vec::len));
+                        let have = ready.lock().map(|m| m.get(&pk).map_or(0, VecDeque::len));
                         let Ok(have) = have else { return };
                         for _ in have..WRAPS_PER_KEY {
                             let Ok(w) = PreparedWrap::new(&pk) else { break };
@@ -502,7 +523,7 @@ impl WrapPool {
                             }
                             let v = m.entry(pk).or_default();
                             if v.len() < WRAPS_PER_KEY {
-                                v.push(w);
+                                v.push_back(w);
                             }
                         }
                     }
@@ -796,9 +817,10 @@ impl Session {
         recipients: Vec<VerifiedEnclave>,
     ) -> Result<Sealed, ClientError> {
         let workload = workload_id.map(|w| w as u64).unwrap_or(UNBOUND_WORKLOAD);
-        let body = RequestBody::new(workload, input.to_vec(), key.public());
         let pks: Vec<PublicKey> = recipients.iter().map(|r| r.public_key).collect();
-        let envelope = seal_request_prepared(&body, self.wraps.take(&pks)?)?;
+        let (wraps, next) = self.wraps.take(&pks)?;
+        let body = RequestBody::new(workload, input.to_vec(), key.public()).with_next_encs(next);
+        let envelope = seal_request_prepared(&body, wraps)?;
         self.wraps.refill(&pks);
         let sealed = Sealed {
             envelope,
@@ -1179,24 +1201,41 @@ mod tests {
     }
 
     /// The pool's thread prepares wrap contexts after a seal asks for them;
-    /// a seal then takes one (each once), and forgetting the recipients
-    /// drops them.
+    /// a seal then takes one (each once, oldest first) and announces the
+    /// enc of the one it leaves, which the next seal uses; forgetting the
+    /// recipients drops them.
     #[test]
     fn wrap_pool_prepares_replacements_off_the_seal_path() {
         let pool = WrapPool::new();
         let k = SecretKey::generate().public();
-        let ready = |pool: &WrapPool| pool.ready.lock().unwrap().get(&k).map_or(0, Vec::len);
-        // Nothing prepared yet: set up inline.
-        assert_eq!(pool.take(&[k]).unwrap()[0].recipient(), &k);
-        pool.refill(&[k]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ready(&pool) < WRAPS_PER_KEY {
-            assert!(Instant::now() < deadline, "no wraps prepared");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let taken = pool.take(&[k]).unwrap();
+        let ready = |pool: &WrapPool| pool.ready.lock().unwrap().get(&k).map_or(0, VecDeque::len);
+        let fill = |pool: &WrapPool| {
+            pool.refill(&[k]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ready(pool) < WRAPS_PER_KEY {
+                assert!(Instant::now() < deadline, "no wraps prepared");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // Nothing prepared yet: set up inline, nothing to announce.
+        let (taken, next) = pool.take(&[k]).unwrap();
+        assert_eq!(taken[0].recipient(), &k);
+        assert!(next.is_empty());
+        fill(&pool);
+        let (taken, next) = pool.take(&[k]).unwrap();
         assert_eq!(taken[0].recipient(), &k);
         assert_eq!(ready(&pool), WRAPS_PER_KEY - 1);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].recipient, KeyId::enclave(&k.0));
+        assert_ne!(&next[0].enc, taken[0].enc());
+        // The refill adds behind the announced one, which goes next.
+        fill(&pool);
+        let (again, _) = pool.take(&[k]).unwrap();
+        assert_eq!(
+            again[0].enc(),
+            &next[0].enc,
+            "the announced wrap is used next"
+        );
         pool.clear();
         assert_eq!(ready(&pool), 0);
     }

@@ -56,7 +56,7 @@ fn bench_workload(
             },
             |job| {
                 let mut n = 0usize;
-                e.run_job(&job, unix_now(), &mut |m| {
+                let _ = e.run_job(&job, unix_now(), &mut |m| {
                     if let FromEnclave::ResponseChunk { bytes, .. } = m {
                         n += bytes.len();
                     }

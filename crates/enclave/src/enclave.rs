@@ -6,7 +6,10 @@
 //! seal every output piece to the client's response key (from the key
 //! pair's Diffie-Hellman, made at the client's first job to that key and
 //! kept: [`crate::shares`]). Anything the client should read in detail is
-//! sealed to it; the island sees only an [`ErrorCode`].
+//! sealed to it; the island sees only an [`ErrorCode`]. The `enc`s a request
+//! announces for the client's next request are decapsulated after the job
+//! ([`Enclave::prepare`], kept in [`crate::decaps`]), so the next open needs
+//! no X25519.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,12 +19,13 @@ use archipelago_proto::channel::{
     Blob, ErrorCode, FromEnclave, JobRequest, KeyEvidence, KeyInfo, PROTOCOL_VERSION,
 };
 use archipelago_proto::envelope::{
-    open_request, ChunkKind, Expectations, ResponseSealer, ResponseStaticShare, MAX_CHUNK_LEN,
-    MAX_ENVELOPE_LEN,
+    open_request_with, ChunkKind, Expectations, PreparedDecap, ResponseSealer, ResponseStaticShare,
+    MAX_CHUNK_LEN, MAX_ENVELOPE_LEN,
 };
 use archipelago_proto::{peek_header, EnvelopeError, PublicKey};
 use zeroize::Zeroizing;
 
+use crate::decaps::{Decaps, DEFAULT_DECAP_CAPACITY};
 use crate::freshness::{FreshnessError, ReplayCache, DEFAULT_REPLAY_CAPACITY, DEFAULT_SKEW_SECS};
 use crate::keyring::{EnclaveKey, KeyRing};
 use crate::shares::{Shares, DEFAULT_SHARE_CAPACITY};
@@ -46,6 +50,9 @@ pub struct Config {
     /// the client's next responses; 0 keeps none (every response then does
     /// one X25519).
     pub share_capacity: usize,
+    /// Decapsulations of announced `enc`s kept for clients' next requests;
+    /// 0 keeps none (every open then does its X25519 on the job's path).
+    pub decap_capacity: usize,
 }
 
 impl Default for Config {
@@ -56,6 +63,7 @@ impl Default for Config {
             skew_secs: DEFAULT_SKEW_SECS,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
             share_capacity: DEFAULT_SHARE_CAPACITY,
+            decap_capacity: DEFAULT_DECAP_CAPACITY,
         }
     }
 }
@@ -81,7 +89,26 @@ pub struct Enclave {
     keys: Mutex<KeyRing>,
     replay: Mutex<ReplayCache>,
     shares: Mutex<Shares>,
+    decaps: Mutex<Decaps>,
     workloads: Workloads,
+}
+
+/// The `enc`s a job's request announced for keys this enclave holds, to
+/// decapsulate once the job's frames are out ([`Enclave::prepare`]).
+#[must_use = "hand it to Enclave::prepare after the job's last frame"]
+#[derive(Default)]
+pub struct Announced(Vec<(Arc<EnclaveKey>, [u8; 32])>);
+
+impl Announced {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl std::fmt::Debug for Enclave {
@@ -110,6 +137,7 @@ impl Enclave {
             keys: Mutex::new(KeyRing::new(config.rotate_secs, config.grace_secs, now)),
             replay: Mutex::new(ReplayCache::new(config.replay_capacity, config.skew_secs)),
             shares: Mutex::new(Shares::new(config.share_capacity)),
+            decaps: Mutex::new(Decaps::new(config.decap_capacity)),
             workloads,
         }
     }
@@ -203,10 +231,39 @@ impl Enclave {
         changed.then(|| FromEnclave::KeysChanged { keys: ring.infos() })
     }
 
-    /// Drops (and zeroizes) the kept shares of keys no longer held.
+    /// Drops (and zeroizes) the kept shares and decapsulations of keys no
+    /// longer held.
     fn forget_dropped_keys(&self, ring: &KeyRing) {
         let held: Vec<PublicKey> = ring.keys().iter().map(|k| k.secret().public()).collect();
         lock(&self.shares).retain_enclave_keys(&held);
+        lock(&self.decaps).retain_enclave_keys(&held);
+    }
+
+    /// Decapsulations kept for announced `enc`s (for tests and metrics).
+    pub fn decap_count(&self) -> usize {
+        lock(&self.decaps).len()
+    }
+
+    /// Decapsulates the `enc`s a job announced (one X25519 each) and keeps
+    /// them for the requests that will carry them. Run it after the job's
+    /// last frame: this is the work that leaves the next job's path.
+    pub fn prepare(&self, announced: Announced) {
+        for (key, enc) in announced.0 {
+            let pk = key.secret().public();
+            if lock(&self.decaps).has(&pk, &enc) {
+                continue;
+            }
+            // A small-order enc gets nothing: its open fails anyway.
+            let Ok(decap) = PreparedDecap::new(key.secret(), &enc) else {
+                continue;
+            };
+            // Under the ring's lock (the order `tick` takes them in), so a
+            // key dropped meanwhile leaves nothing behind.
+            let ring = lock(&self.keys);
+            if ring.find(std::slice::from_ref(key.id())).is_some() {
+                lock(&self.decaps).put(decap);
+            }
+        }
     }
 
     /// Key pairs whose share is kept (for tests and metrics).
@@ -236,10 +293,17 @@ impl Enclave {
     }
 
     /// Runs a job, handing each outgoing message to `emit`; always ends with
-    /// exactly one `JobDone` or `JobFailed`.
-    pub fn run_job(&self, job: &JobRequest, now: u64, emit: &mut dyn FnMut(FromEnclave)) {
+    /// exactly one `JobDone` or `JobFailed`. Returns the `enc`s the request
+    /// announced for this enclave's keys, for [`Enclave::prepare`].
+    pub fn run_job(
+        &self,
+        job: &JobRequest,
+        now: u64,
+        emit: &mut dyn FnMut(FromEnclave),
+    ) -> Announced {
         let start = Instant::now();
-        let outcome = self.job_inner(job, now, start, emit);
+        let mut announced = Announced::default();
+        let outcome = self.job_inner(job, now, start, emit, &mut announced);
         let exec_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Ok(done) => {
@@ -272,6 +336,7 @@ impl Enclave {
                 tracing::warn!(job_id = %job.job_id, code = code.as_str(), sealed_error, exec_ms, "job failed");
             }
         }
+        announced
     }
 
     fn job_inner(
@@ -280,6 +345,7 @@ impl Enclave {
         now: u64,
         start: Instant,
         emit: &mut dyn FnMut(FromEnclave),
+        announced: &mut Announced,
     ) -> Result<JobSummary, (ErrorCode, bool)> {
         let unsealed = |code| (code, false);
         let header = peek_header(&job.envelope).map_err(|e| unsealed(envelope_code(&e)))?;
@@ -292,13 +358,15 @@ impl Enclave {
         let key = lock(&self.keys)
             .find(&header.recipients)
             .ok_or(unsealed(ErrorCode::NotARecipient))?;
-        let opened = open_request(
+        let key_pk = key.secret().public();
+        let opened = open_request_with(
             &job.envelope,
             key.secret(),
             &Expectations {
                 workload_id: Some(job.workload_id),
                 client_key_id: Some(&job.client_key_id),
             },
+            |enc| lock(&self.decaps).take(&key_pk, enc),
         )
         .map_err(|e| unsealed(envelope_code(&e)))?;
         let body = opened.body;
@@ -316,6 +384,15 @@ impl Enclave {
             Err(FreshnessError::Full { .. }) => return Err(unsealed(ErrorCode::Busy)),
             Err(stale @ FreshnessError::Stale { .. }) => Some(stale),
         };
+        // A fresh request's announcements, for the keys held.
+        if stale.is_none() && !body.next_encs.is_empty() {
+            let ring = lock(&self.keys);
+            for n in &body.next_encs {
+                if let Some(k) = ring.find(std::slice::from_ref(&n.recipient)) {
+                    announced.0.push((k, n.enc));
+                }
+            }
+        }
         // A response key the client cannot have a share with (a small-order
         // point) gets no response: the client would refuse it anyway.
         let share = self
@@ -465,7 +542,8 @@ pub(crate) mod tests {
     use super::*;
     use archipelago_attest::{Evidence, EvidenceError, SimEvidenceSource, SimRoot};
     use archipelago_proto::envelope::{
-        open_response, seal_request, RequestBody, RESPONSE_HEADER_LEN,
+        open_response, seal_request, seal_request_prepared, NextEnc, PreparedWrap, RequestBody,
+        RESPONSE_HEADER_LEN,
     };
     use archipelago_proto::SecretKey;
 
@@ -529,7 +607,7 @@ pub(crate) mod tests {
         let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public());
         let env = seal_request(&body, &[archipelago_proto::PublicKey(ek)]).unwrap();
         let mut frames = Vec::new();
-        e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
+        let _ = e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
             frames.push(m)
         });
         let whole = response_bytes(&frames);
@@ -544,7 +622,7 @@ pub(crate) mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, serde_json::json!({"text": "ABC", "chars": 3}));
         let mut again = Vec::new();
-        e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
+        let _ = e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
         assert_eq!(
             again,
             vec![FromEnclave::JobFailed {
@@ -595,7 +673,7 @@ pub(crate) mod tests {
             let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public());
             let env = seal_request(&body, &[ek]).unwrap();
             let mut frames = Vec::new();
-            e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
+            let _ = e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
                 frames.push(m)
             });
             let whole = response_bytes(&frames);
@@ -610,7 +688,7 @@ pub(crate) mod tests {
             assert_eq!(e.share_count(), 1, "round {round}");
             // A replay is refused before any share is looked up.
             let mut again = Vec::new();
-            e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
+            let _ = e.run_job(&job(&client, env), unix_now(), &mut |m| again.push(m));
             assert_eq!(e.share_count(), 1);
         }
         assert!(
@@ -621,7 +699,7 @@ pub(crate) mod tests {
         let other = SecretKey::generate();
         let body = RequestBody::new(5, br#"{"prompt":"x"}"#.to_vec(), other.public());
         let env = seal_request(&body, &[ek]).unwrap();
-        e.run_job(&job(&other, env), unix_now(), &mut |_| {});
+        let _ = e.run_job(&job(&other, env), unix_now(), &mut |_| {});
         assert_eq!(e.share_count(), 2);
         // A response key on which no share can be made (the identity point:
         // an all-zero Diffie-Hellman) gets a code and no response.
@@ -630,7 +708,7 @@ pub(crate) mod tests {
         let env = seal_request(&body, &[ek]).unwrap();
         let zero_id = archipelago_proto::KeyId::client(&[0; 32]);
         let mut frames = Vec::new();
-        e.run_job(
+        let _ = e.run_job(
             &JobRequest {
                 client_key_id: zero_id,
                 ..job(&other, env)
@@ -658,6 +736,107 @@ pub(crate) mod tests {
         assert_eq!(e.share_count(), 0);
     }
 
+    /// The enc a request announces for a key the enclave holds is
+    /// decapsulated by `prepare` (never before: the job's frames come
+    /// first) and taken by the request that carries it, which opens as
+    /// usual; announcements for other keys, from a replay, or with the
+    /// store off make nothing; the kept ones go with their key.
+    #[test]
+    fn announced_encs_are_prepared_after_the_job_and_used_once() {
+        let e = sim();
+        let client = SecretKey::generate();
+        let ek = archipelago_proto::PublicKey(e.key_infos()[0].public_key);
+        let elsewhere = SecretKey::generate().public();
+        let next = PreparedWrap::new(&ek).unwrap();
+        let other_next = PreparedWrap::new(&elsewhere).unwrap();
+        let announce = |w: &PreparedWrap| NextEnc {
+            recipient: archipelago_proto::KeyId::enclave(&w.recipient().0),
+            enc: *w.enc(),
+        };
+        let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public())
+            .with_next_encs(vec![announce(&next), announce(&other_next)]);
+        let env = seal_request(&body, &[ek, elsewhere]).unwrap();
+        let mut frames = Vec::new();
+        let announced = e.run_job(&job(&client, env.clone()), unix_now(), &mut |m| {
+            frames.push(m)
+        });
+        assert!(matches!(frames.last(), Some(FromEnclave::JobDone { .. })));
+        assert_eq!(announced.len(), 1, "only the enclave's own key");
+        assert_eq!(e.decap_count(), 0, "nothing before prepare");
+        e.prepare(announced);
+        assert_eq!(e.decap_count(), 1);
+        // A replay of the announcing request announces nothing.
+        let replayed = e.run_job(&job(&client, env), unix_now(), &mut |_| {});
+        assert!(replayed.is_empty());
+
+        let body = RequestBody::new(5, br#"{"prompt":"next"}"#.to_vec(), client.public());
+        let env = seal_request_prepared(&body, vec![next]).unwrap();
+        let mut frames = Vec::new();
+        let _ = e.run_job(&job(&client, env), unix_now(), &mut |m| frames.push(m));
+        let (_, out) =
+            open_response(&response_bytes(&frames), &client, &ek, &body.request_id).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, serde_json::json!({"text": "NEXT", "chars": 4}));
+        assert_eq!(e.decap_count(), 0, "taken by the request that carried it");
+
+        // Off: nothing is kept.
+        let off = Enclave::new(
+            Box::new(SimEvidenceSource::new(
+                SimRoot::from_seed(&[1; 32]),
+                [2; 48],
+            )),
+            hex::encode([2u8; 48]),
+            Workloads::new(None),
+            Config {
+                decap_capacity: 0,
+                rotate_secs: 10,
+                grace_secs: 5,
+                ..Config::default()
+            },
+            1000,
+        );
+        let ek = archipelago_proto::PublicKey(off.key_infos()[0].public_key);
+        let next = PreparedWrap::new(&ek).unwrap();
+        let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public())
+            .with_next_encs(vec![announce(&next)]);
+        let env = seal_request(&body, &[ek]).unwrap();
+        let a = off.run_job(&job(&client, env), unix_now(), &mut |_| {});
+        off.prepare(a);
+        assert_eq!(off.decap_count(), 0);
+
+        // Kept ones go when their key is dropped.
+        let e = Enclave::new(
+            Box::new(SimEvidenceSource::new(
+                SimRoot::from_seed(&[1; 32]),
+                [2; 48],
+            )),
+            hex::encode([2u8; 48]),
+            Workloads::new(None),
+            Config {
+                rotate_secs: 10,
+                grace_secs: 5,
+                ..Config::default()
+            },
+            1000,
+        );
+        let ek = archipelago_proto::PublicKey(e.key_infos()[0].public_key);
+        let next = PreparedWrap::new(&ek).unwrap();
+        let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public())
+            .with_next_encs(vec![announce(&next)]);
+        let env = seal_request(&body, &[ek]).unwrap();
+        let a = e.run_job(&job(&client, env), unix_now(), &mut |_| {});
+        e.prepare(a);
+        assert_eq!(e.decap_count(), 1);
+        assert!(e.tick(1010).is_some());
+        assert_eq!(
+            e.decap_count(),
+            1,
+            "kept while the key is in its grace period"
+        );
+        assert!(e.tick(1015).is_some());
+        assert_eq!(e.decap_count(), 0);
+    }
+
     #[test]
     fn envelope_errors_map_to_codes() {
         assert_eq!(
@@ -671,7 +850,7 @@ pub(crate) mod tests {
         let e = sim();
         let client = SecretKey::generate();
         let mut frames = Vec::new();
-        e.run_job(&job(&client, b"not an envelope".to_vec()), 0, &mut |m| {
+        let _ = e.run_job(&job(&client, b"not an envelope".to_vec()), 0, &mut |m| {
             frames.push(m)
         });
         assert!(matches!(

@@ -10,12 +10,14 @@
 //! - [`freshness`]: the skew window and the bounded replay cache.
 //! - [`workload`]: `echo` and the real models of `archipelago_inference`.
 //! - [`shares`]: each client's response Diffie-Hellman, kept per enclave key.
+//! - [`decaps`]: decapsulations made between jobs for announced `enc`s.
 //! - [`enclave`]: the logic — evidence, job handling — with no I/O.
 //! - [`serve`]: the channel loop and its threads.
 //! - [`measure`]: the sim enclave's measurement (binary + model files).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(unsafe_code)]
 
+pub mod decaps;
 pub mod enclave;
 pub mod freshness;
 pub mod keyring;

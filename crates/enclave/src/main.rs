@@ -68,6 +68,11 @@ struct RunArgs {
     /// X25519 on the job's critical path).
     #[arg(long, env = "ARCHIPELAGO_ENCLAVE_SHARE_CAPACITY", default_value_t = archipelago_enclave::shares::DEFAULT_SHARE_CAPACITY)]
     share_capacity: usize,
+    /// Decapsulations of the `enc`s clients announce for their next
+    /// request, made between jobs and kept until used (0: keep none; each
+    /// open then does its X25519 on the job's critical path).
+    #[arg(long, env = "ARCHIPELAGO_ENCLAVE_DECAP_CAPACITY", default_value_t = archipelago_enclave::decaps::DEFAULT_DECAP_CAPACITY)]
+    decap_capacity: usize,
     /// Jobs run at once.
     #[arg(long, env = "ARCHIPELAGO_ENCLAVE_MAX_JOBS", default_value_t = 2)]
     max_jobs: usize,
@@ -144,6 +149,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         skew_secs: args.skew_secs,
         replay_capacity: args.replay_capacity.max(1),
         share_capacity: args.share_capacity,
+        decap_capacity: args.decap_capacity,
     };
     tracing::info!(
         tee = %source.tee_type(),
@@ -153,6 +159,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         grace_secs = config.grace_secs,
         skew_secs = config.skew_secs,
         share_capacity = config.share_capacity,
+        decap_capacity = config.decap_capacity,
         "enclave starting"
     );
     let enclave = Arc::new(Enclave::new(

@@ -477,14 +477,16 @@ where
 }
 
 /// Runs a job whose slot [`lead`] took, writing its frames (a job that
-/// does not stream sends them together when it ends), and frees the slot;
-/// `before_end` runs just before the frame that ends the job is written.
+/// does not stream sends them together when it ends), then decapsulates
+/// the `enc`s its request announced ([`Enclave::prepare`]), and frees the
+/// slot; `before_end` runs just before the frame that ends the job is
+/// written.
 fn run<R, W: Write>(shared: &Shared<R, W>, req: u64, job: JobRequest, before_end: impl FnOnce()) {
     let _slot = SlotGuard(shared);
     let out = &shared.out;
     let mut held = Vec::new();
     let mut before_end = Some(before_end);
-    shared.enclave.run_job(&job, unix_now(), &mut |msg| {
+    let announced = shared.enclave.run_job(&job, unix_now(), &mut |msg| {
         let end = matches!(
             msg,
             FromEnclave::JobDone { .. } | FromEnclave::JobFailed { .. }
@@ -509,6 +511,9 @@ fn run<R, W: Write>(shared: &Shared<R, W>, req: u64, job: JobRequest, before_end
     if !held.is_empty() {
         out.send_all(req, held);
     }
+    // The job is over for the island; the next request's X25519 runs now,
+    // off its path.
+    shared.enclave.prepare(announced);
 }
 
 #[cfg(test)]

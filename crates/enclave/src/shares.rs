@@ -2,7 +2,7 @@
 //! answers, kept so that a response costs no public-key work.
 //!
 //! A response's key comes from `DH(enclave key, client key)` and the
-//! response's fresh nonce (`docs/envelope.md`, version 2). The
+//! response's fresh nonce (`docs/envelope.md`, since version 2). The
 //! Diffie-Hellman is the same for every response of the pair, so the
 //! enclave makes it at a client's first job to a key (one X25519, ≈ 45 µs)
 //! and keeps it: each later response to that client starts with the HPKE

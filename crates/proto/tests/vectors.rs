@@ -9,8 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use archipelago_proto::envelope::{
-    open_request, open_response, open_response_with_share, seal_request_with_rng, ChunkKind,
-    Expectations, RequestBody, ResponseOpener, ResponseSealer, ResponseStaticShare,
+    open_request, open_request_with, open_response, open_response_with_share,
+    seal_request_prepared, seal_request_with_rng, ChunkKind, Expectations, NextEnc, PreparedDecap,
+    PreparedWrap, RequestBody, ResponseOpener, ResponseSealer, ResponseStaticShare,
 };
 use archipelago_proto::SecretKey;
 use common::{pattern32, Tape};
@@ -50,7 +51,20 @@ fn derive() -> Vec<(&'static str, String)> {
     v.push(("request_id", hex::encode(request_id)));
     v.push(("issued_at", issued_at.to_string()));
     v.push(("input_utf8", String::from_utf8(input.clone()).unwrap()));
-    let body = RequestBody::with_parts(42, request_id, issued_at, client.public(), input.clone());
+    // The client's next wrap to enclave_0, set up ahead; the body
+    // announces its enc.
+    let next_ikm = pattern32(0xa0);
+    v.push(("next_ikm_e_0", hex::encode(next_ikm)));
+    let next_wrap =
+        PreparedWrap::new_with_rng(&enclaves[0].public(), &mut Tape::new(next_ikm.to_vec()))
+            .unwrap();
+    v.push(("next_enc_0", hex::encode(next_wrap.enc())));
+    let announced = vec![NextEnc {
+        recipient: enclaves[0].enclave_id(),
+        enc: *next_wrap.enc(),
+    }];
+    let body = RequestBody::with_parts(42, request_id, issued_at, client.public(), input.clone())
+        .with_next_encs(announced.clone());
     let mut tape = Tape::new([content_key, ikm_e[0], ikm_e[1]].concat());
     let pks = [enclaves[0].public(), enclaves[1].public()];
     let envelope = seal_request_with_rng(&body, &pks, &mut tape).unwrap();
@@ -68,7 +82,21 @@ fn derive() -> Vec<(&'static str, String)> {
     for e in &enclaves {
         let opened = open_request(&envelope, e, &Expectations::default()).unwrap();
         assert_eq!(opened.body.input(), &input[..]);
+        assert_eq!(opened.body.next_encs, announced);
     }
+    // The next request carries the announced enc; enclave_0 opens it with
+    // the decapsulation it made ahead.
+    let second = seal_request_prepared(
+        &RequestBody::new(42, b"next".to_vec(), client.public()),
+        vec![next_wrap],
+    )
+    .unwrap();
+    let ahead = PreparedDecap::new(&enclaves[0], &announced[0].enc).unwrap();
+    let opened = open_request_with(&second, &enclaves[0], &Expectations::default(), |_| {
+        Some(ahead)
+    })
+    .unwrap();
+    assert_eq!(opened.body.input(), b"next");
 
     let response_nonce = pattern32(0xf0);
     v.push(("response_nonce", hex::encode(response_nonce)));

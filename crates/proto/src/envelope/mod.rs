@@ -26,8 +26,9 @@ mod request;
 mod response;
 
 pub use request::{
-    open_request, peek_header, seal_request, seal_request_prepared, seal_request_with_rng,
-    Expectations, HeaderView, OpenedRequest, PreparedWrap, RequestBody,
+    open_request, open_request_with, peek_header, seal_request, seal_request_prepared,
+    seal_request_with_rng, Expectations, HeaderView, NextEnc, OpenedRequest, PreparedDecap,
+    PreparedWrap, RequestBody,
 };
 pub use response::{
     open_response, open_response_with_share, peek_response_header, seal_response, Chunk, ChunkKind,
@@ -41,7 +42,7 @@ use crate::keys::SecretKey;
 /// Magic bytes that open every envelope message: "ARCE".
 pub const MAGIC: [u8; 4] = *b"ARCE";
 /// The only format version this code reads and writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Suite 1: DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305.
 pub const SUITE_X25519_SHA256_CHACHA: u16 = 0x0001;
 /// Message kinds (byte 5).
@@ -60,8 +61,8 @@ pub const MAX_RECIPIENTS: usize = 16;
 /// Poly1305 tag length.
 pub const TAG_LEN: usize = 16;
 
-pub(crate) const INFO_WRAP: &[u8] = b"archipelago-envelope-v2/wrap";
-pub(crate) const INFO_RESPONSE: &[u8] = b"archipelago-envelope-v2/response";
+pub(crate) const INFO_WRAP: &[u8] = b"archipelago-envelope-v3/wrap";
+pub(crate) const INFO_RESPONSE: &[u8] = b"archipelago-envelope-v3/response";
 
 pub(crate) type Aead = hpke::aead::ChaCha20Poly1305;
 pub(crate) type Kdf = hpke::kdf::HkdfSha256;
@@ -120,7 +121,7 @@ pub enum EnvelopeError {
     TrailingBytes(usize),
     #[error("not an Archipelago envelope (bad magic bytes)")]
     BadMagic,
-    #[error("envelope version {0} is not supported (this build reads version 2); upgrade the older of the SDK and the enclave")]
+    #[error("envelope version {0} is not supported (this build reads version 3); upgrade the older of the SDK and the enclave")]
     UnsupportedVersion(u8),
     #[error("cipher suite {0:#06x} is not supported (only 0x0001, X25519/HKDF-SHA256/ChaCha20-Poly1305)")]
     UnknownSuite(u16),

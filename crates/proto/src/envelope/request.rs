@@ -3,7 +3,7 @@
 //! Layout (all integers big-endian; see `docs/envelope.md`):
 //!
 //! ```text
-//! header core   magic "ARCE" | version 2 | kind 0x01 | suite u16
+//! header core   magic "ARCE" | version 3 | kind 0x01 | suite u16
 //!               | workload_id u64 | client key id (len 29 + ASCII)
 //!               | recipient count u8 | recipient ek_ ids (len 29 + ASCII each)
 //! wraps         count × (enc [32] | wrapped content key [32 + 16 tag])
@@ -12,7 +12,14 @@
 //! ```
 //!
 //! The body plaintext is `workload_id u64 | request_id [16] | issued_at u64 |
-//! response key [32] | input length u32 | input`.
+//! response key [32] | input length u32 | input | next-enc count u8 |
+//! next encs (enclave key id | enc [32] each)`.
+//!
+//! The next encs are the `enc` values the client will use in its next
+//! request to those enclave keys (its [`PreparedWrap`]s, made ahead), so an
+//! enclave can do that request's Diffie-Hellman between jobs
+//! ([`PreparedDecap`]) and open it without any public-key work. They are a
+//! hint: a request that uses another `enc` opens as before.
 
 use std::fmt;
 
@@ -33,7 +40,31 @@ use crate::keys::{PublicKey, SecretKey};
 
 const ENC_LEN: usize = 32;
 const WRAPPED_LEN: usize = 32 + TAG_LEN;
-const BODY_FIXED_LEN: usize = 8 + 16 + 8 + 32 + 4;
+const BODY_FIXED_LEN: usize = 8 + 16 + 8 + 32 + 4 + 1;
+const NEXT_ENC_LEN: usize = 30 + ENC_LEN;
+
+/// At most one announced `enc` per enclave key, and no more than a request
+/// has recipients.
+fn check_next_encs(next: &[NextEnc]) -> Result<(), EnvelopeError> {
+    if next.len() > MAX_RECIPIENTS {
+        return Err(EnvelopeError::MalformedBody(
+            "more next encs than a request has recipients",
+        ));
+    }
+    for (i, n) in next.iter().enumerate() {
+        if n.recipient.prefix() != KeyPrefix::Enclave {
+            return Err(EnvelopeError::MalformedBody(
+                "a next enc's key id is not an ek_ id",
+            ));
+        }
+        if next[..i].iter().any(|m| m.recipient == n.recipient) {
+            return Err(EnvelopeError::MalformedBody(
+                "two next encs for one enclave key",
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The plaintext of a request: what only the client and the enclave see.
 /// Zeroized on drop; its `Debug` shows sizes, never the input.
@@ -47,6 +78,20 @@ pub struct RequestBody {
     /// The client's X25519 key the response is sealed to.
     pub response_key: PublicKey,
     input: Zeroizing<Vec<u8>>,
+    /// The `enc` the client's next request to each of these enclave keys
+    /// will carry (at most [`MAX_RECIPIENTS`], one per key).
+    pub next_encs: Vec<NextEnc>,
+}
+
+/// An announced `enc`: the X25519 ephemeral public key the client has set
+/// up for its next request to `recipient` (see the module doc). Public
+/// values only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextEnc {
+    /// The `ek_` id of the enclave key.
+    pub recipient: KeyId,
+    /// The encapsulated key that request's wrap will carry.
+    pub enc: [u8; ENC_LEN],
 }
 
 impl RequestBody {
@@ -75,7 +120,15 @@ impl RequestBody {
             issued_at,
             response_key,
             input: Zeroizing::new(input),
+            next_encs: Vec::new(),
         }
+    }
+
+    /// The same body announcing `next` (see [`NextEnc`]); sealing refuses
+    /// more than [`MAX_RECIPIENTS`] or two for one key.
+    pub fn with_next_encs(mut self, next: Vec<NextEnc>) -> RequestBody {
+        self.next_encs = next;
+        self
     }
 
     /// The job input (plaintext).
@@ -83,18 +136,26 @@ impl RequestBody {
         &self.input
     }
 
-    fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(BODY_FIXED_LEN + self.input.len()));
+    pub(super) fn encode(&self) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        check_next_encs(&self.next_encs)?;
+        let mut out = Zeroizing::new(Vec::with_capacity(
+            BODY_FIXED_LEN + self.input.len() + self.next_encs.len() * NEXT_ENC_LEN,
+        ));
         out.extend_from_slice(&self.workload_id.to_be_bytes());
         out.extend_from_slice(&self.request_id);
         out.extend_from_slice(&self.issued_at.to_be_bytes());
         out.extend_from_slice(&self.response_key.0);
         out.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.input);
-        out
+        out.push(self.next_encs.len() as u8);
+        for n in &self.next_encs {
+            put_key_id(&mut out, &n.recipient);
+            out.extend_from_slice(&n.enc);
+        }
+        Ok(out)
     }
 
-    fn decode(bytes: &[u8]) -> Result<RequestBody, EnvelopeError> {
+    pub(super) fn decode(bytes: &[u8]) -> Result<RequestBody, EnvelopeError> {
         let malformed = |_| EnvelopeError::MalformedBody("shorter than its fields");
         let mut r = Reader::new(bytes);
         let workload_id = r.u64("body workload id").map_err(malformed)?;
@@ -103,18 +164,36 @@ impl RequestBody {
         let response_key = PublicKey(r.array("body response key").map_err(malformed)?);
         let len = r.u32("body input length").map_err(malformed)? as usize;
         let input = r.take(len, "body input").map_err(malformed)?;
-        if r.remaining() != 0 {
+        let count = r.u8("body next-enc count").map_err(malformed)? as usize;
+        if count > MAX_RECIPIENTS {
             return Err(EnvelopeError::MalformedBody(
-                "trailing bytes after the input",
+                "more next encs than a request has recipients",
             ));
         }
+        let mut next_encs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let recipient = r
+                .key_id("body next-enc key id", KeyPrefix::Enclave)
+                .map_err(|_| {
+                    EnvelopeError::MalformedBody("a next enc's key id is not an ek_ id")
+                })?;
+            let enc = r.array("body next enc").map_err(malformed)?;
+            next_encs.push(NextEnc { recipient, enc });
+        }
+        if r.remaining() != 0 {
+            return Err(EnvelopeError::MalformedBody(
+                "trailing bytes after the next encs",
+            ));
+        }
+        check_next_encs(&next_encs)?;
         Ok(RequestBody::with_parts(
             workload_id,
             request_id,
             issued_at,
             response_key,
             input.to_vec(),
-        ))
+        )
+        .with_next_encs(next_encs))
     }
 }
 
@@ -129,6 +208,7 @@ impl fmt::Debug for RequestBody {
                 "input",
                 &format_args!("<{} bytes redacted>", self.input.len()),
             )
+            .field("next_encs", &self.next_encs.len())
             .finish()
     }
 }
@@ -286,6 +366,12 @@ impl PreparedWrap {
     pub fn recipient(&self) -> &PublicKey {
         &self.recipient
     }
+
+    /// The `enc` (ephemeral public key) the request sealed with this wrap
+    /// will carry: what a body announces as [`NextEnc`].
+    pub fn enc(&self) -> &[u8; ENC_LEN] {
+        &self.enc
+    }
 }
 
 impl fmt::Debug for PreparedWrap {
@@ -349,7 +435,7 @@ fn seal_with(
         }
     }
 
-    let plaintext = body.encode();
+    let plaintext = body.encode()?;
     let body_len = plaintext.len() + TAG_LEN;
     let mut out = Vec::with_capacity(80 + wraps.len() * (30 + ENC_LEN + WRAPPED_LEN) + body_len);
     put_preamble(&mut out, KIND_REQUEST);
@@ -396,27 +482,81 @@ pub struct OpenedRequest {
     pub body: RequestBody,
 }
 
+/// The KEM shared secret of one wrap, `Decap(enc, skR)` (RFC 9180 §4.1:
+/// one X25519 and `ExtractAndExpand`), made before the request that
+/// carries `enc` arrives: an enclave makes it between jobs for an `enc` a
+/// client announced ([`NextEnc`]), so opening that request costs no
+/// public-key work. Secret: zeroized on drop, `Debug` shows only the key
+/// and `enc`.
+pub struct PreparedDecap {
+    recipient: PublicKey,
+    enc: [u8; ENC_LEN],
+    shared: Zeroizing<[u8; 32]>,
+}
+
+impl PreparedDecap {
+    /// Decapsulates `enc` with `key`. An all-zero Diffie-Hellman (a
+    /// small-order point, which no honest client announces) is
+    /// `HeaderAuthFailed`, as it would be at opening.
+    pub fn new(key: &SecretKey, enc: &[u8; ENC_LEN]) -> Result<PreparedDecap, EnvelopeError> {
+        let dh = x25519(key, enc).ok_or(EnvelopeError::HeaderAuthFailed)?;
+        let mut kem_context = [0u8; ENC_LEN + 32];
+        kem_context[..ENC_LEN].copy_from_slice(enc);
+        kem_context[ENC_LEN..].copy_from_slice(&key.public().0);
+        let shared =
+            dhkem_shared_secret(&dh, &kem_context).map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(shared.0.as_slice());
+        Ok(PreparedDecap {
+            recipient: key.public(),
+            enc: *enc,
+            shared: out,
+        })
+    }
+
+    /// The enclave public key it was made with.
+    pub fn recipient(&self) -> &PublicKey {
+        &self.recipient
+    }
+
+    /// The `enc` it decapsulates.
+    pub fn enc(&self) -> &[u8; ENC_LEN] {
+        &self.enc
+    }
+}
+
+impl fmt::Debug for PreparedDecap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedDecap")
+            .field("recipient", &KeyId::enclave(&self.recipient.0).to_string())
+            .field("enc", &crate::b64::encode_url(&self.enc))
+            .finish_non_exhaustive()
+    }
+}
+
 /// RFC 9180 `OpenBase(enc, skR, info = INFO_WRAP, aad, ct)`, with
 /// `Decap`'s `pkRm` taken from `key` rather than derived from the secret
 /// again (as `hpke`'s `decap` does: a fixed-base scalar multiplication, a
-/// quarter of the open's public-key work, for a value the enclave holds).
-/// A failure of any part, an all-zero Diffie-Hellman included, is
+/// quarter of the open's public-key work, for a value the enclave holds),
+/// and `Decap` itself skipped when `prepared` was made for this key and
+/// `enc`. A failure of any part, an all-zero Diffie-Hellman included, is
 /// `HeaderAuthFailed`: the wrap or the header it covers was altered.
 pub(crate) fn open_wrap(
     key: &SecretKey,
     enc: &[u8],
     wrapped: &[u8],
     aad: &[u8],
+    prepared: Option<PreparedDecap>,
 ) -> Result<Vec<u8>, EnvelopeError> {
     let enc: &[u8; ENC_LEN] = enc
         .try_into()
         .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
-    let dh = x25519(key, enc).ok_or(EnvelopeError::HeaderAuthFailed)?;
-    let mut kem_context = [0u8; ENC_LEN + 32];
-    kem_context[..ENC_LEN].copy_from_slice(enc);
-    kem_context[ENC_LEN..].copy_from_slice(&key.public().0);
-    let shared =
-        dhkem_shared_secret(&dh, &kem_context).map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+    let decap = match prepared {
+        Some(p) if p.enc == *enc && p.recipient == key.public() => p,
+        _ => PreparedDecap::new(key, enc)?,
+    };
+    let mut shared = hpke::kem::SharedSecret::<Kem>::default();
+    shared.0.copy_from_slice(decap.shared.as_slice());
     let mut ctx: AeadCtxR<Aead, Kdf, Kem> =
         <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(&OpModeR::Base, shared, INFO_WRAP)
             .into();
@@ -429,6 +569,18 @@ pub fn open_request(
     bytes: &[u8],
     key: &SecretKey,
     expect: &Expectations<'_>,
+) -> Result<OpenedRequest, EnvelopeError> {
+    open_request_with(bytes, key, expect, |_| None)
+}
+
+/// [`open_request`], asking `prepared` for a [`PreparedDecap`] of the
+/// wrap's `enc` (once, after the header checks); without one (or with one
+/// for another key or `enc`) the wrap is decapsulated here.
+pub fn open_request_with(
+    bytes: &[u8],
+    key: &SecretKey,
+    expect: &Expectations<'_>,
+    prepared: impl FnOnce(&[u8; ENC_LEN]) -> Option<PreparedDecap>,
 ) -> Result<OpenedRequest, EnvelopeError> {
     let p = parse(bytes)?;
     if let Some(job) = expect.workload_id {
@@ -455,7 +607,8 @@ pub fn open_request(
         .position(|id| *id == own)
         .ok_or_else(|| EnvelopeError::NotARecipient(own.to_string()))?;
     let (enc, wrapped) = p.wraps[idx];
-    let content_key = Zeroizing::new(open_wrap(key, enc, wrapped, p.core)?);
+    let ready = <&[u8; ENC_LEN]>::try_from(enc).ok().and_then(prepared);
+    let content_key = Zeroizing::new(open_wrap(key, enc, wrapped, p.core, ready)?);
     let content_key: &[u8; 32] = content_key
         .as_slice()
         .try_into()

@@ -16,7 +16,7 @@
 //! response by the enclave's random nonce and bound to the header:
 //! `shared_secret = ExtractAndExpand(DH(enclave, client), nonce ‖ pkC ‖ pkE)`
 //! as DHKEM computes it, then HPKE's key schedule (base mode) with
-//! `info = "archipelago-envelope-v2/response" ‖ header without the nonce`.
+//! `info = "archipelago-envelope-v3/response" ‖ header without the nonce`.
 //! Both sides keep the Diffie-Hellman per key pair
 //! ([`ResponseStaticShare`]), so a response costs no public-key work.
 //! Each chunk is one AEAD message of that context whose associated data is

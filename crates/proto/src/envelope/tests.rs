@@ -104,7 +104,7 @@ fn bad_magic_version_kind_suite() {
     b[0] ^= 1;
     assert_eq!(open(&f, &b).unwrap_err(), EnvelopeError::BadMagic);
     let mut b = f.sealed.clone();
-    for old_or_new in [1, 3] {
+    for old_or_new in [1, 2, 4] {
         b[4] = old_or_new;
         assert_eq!(
             open(&f, &b).unwrap_err(),
@@ -682,17 +682,35 @@ fn wrap_open_agrees_with_hpke() {
                 core,
             )
             .unwrap();
-            let ours = super::request::open_wrap(key, enc, wrapped, core).unwrap();
+            let ours = super::request::open_wrap(key, enc, wrapped, core, None).unwrap();
             assert_eq!(ours, theirs, "wrap {r} of envelope {i}");
-            let other = SecretKey::generate();
+            // Decapsulated ahead (an announced enc): the same key.
+            let enc32: [u8; 32] = enc.try_into().unwrap();
+            let ahead = PreparedDecap::new(key, &enc32).unwrap();
             assert_eq!(
-                super::request::open_wrap(&other, enc, wrapped, core),
+                super::request::open_wrap(key, enc, wrapped, core, Some(ahead)).unwrap(),
+                theirs
+            );
+            // One made for another enc or another key is not used.
+            let stray = PreparedDecap::new(key, &SecretKey::generate().public().0).unwrap();
+            assert_eq!(
+                super::request::open_wrap(key, enc, wrapped, core, Some(stray)).unwrap(),
+                theirs
+            );
+            let other = SecretKey::generate();
+            let foreign = PreparedDecap::new(&other, &enc32).unwrap();
+            assert_eq!(
+                super::request::open_wrap(key, enc, wrapped, core, Some(foreign)).unwrap(),
+                theirs
+            );
+            assert_eq!(
+                super::request::open_wrap(&other, enc, wrapped, core, None),
                 Err(EnvelopeError::HeaderAuthFailed)
             );
             let mut bad = enc.to_vec();
             bad[i as usize % 32] ^= 1 << (i % 8);
             assert_eq!(
-                super::request::open_wrap(key, &bad, wrapped, core),
+                super::request::open_wrap(key, &bad, wrapped, core, None),
                 Err(EnvelopeError::HeaderAuthFailed)
             );
         }
@@ -705,4 +723,119 @@ fn wrap_open_agrees_with_hpke() {
         open(&f, &zero).unwrap_err(),
         EnvelopeError::HeaderAuthFailed
     );
+}
+
+/// A body announces the encs of the client's next wraps: they travel
+/// encrypted, every recipient reads them, and the enclave's decapsulation
+/// made ahead from one opens the next request exactly as the plain open.
+#[test]
+fn next_encs_round_trip_and_open_the_next_request() {
+    let client = SecretKey::generate();
+    let enclaves: Vec<SecretKey> = (0..2).map(|_| SecretKey::generate()).collect();
+    let pks: Vec<PublicKey> = enclaves.iter().map(|k| k.public()).collect();
+    let next: Vec<PreparedWrap> = pks
+        .iter()
+        .map(|pk| PreparedWrap::new(pk).unwrap())
+        .collect();
+    let announced: Vec<NextEnc> = next
+        .iter()
+        .map(|w| NextEnc {
+            recipient: KeyId::enclave(&w.recipient().0),
+            enc: *w.enc(),
+        })
+        .collect();
+    let body =
+        RequestBody::new(7, b"first".to_vec(), client.public()).with_next_encs(announced.clone());
+    let first = seal_request(&body, &pks).unwrap();
+    for k in &enclaves {
+        let opened = open_request(&first, k, &Expectations::default()).unwrap();
+        assert_eq!(opened.body.next_encs, announced);
+    }
+    let second = seal_request_prepared(
+        &RequestBody::new(7, b"second".to_vec(), client.public()),
+        next,
+    )
+    .unwrap();
+    for (k, n) in enclaves.iter().zip(&announced) {
+        let ahead = PreparedDecap::new(k, &n.enc).unwrap();
+        let mut asked = None;
+        let opened = open_request_with(&second, k, &Expectations::default(), |enc| {
+            asked = Some(*enc);
+            Some(ahead)
+        })
+        .unwrap();
+        assert_eq!(asked, Some(n.enc), "asked for the wrap's enc");
+        assert_eq!(opened.body.input(), b"second");
+        assert!(opened.body.next_encs.is_empty());
+    }
+    assert!(!format!(
+        "{:?}",
+        PreparedDecap::new(&enclaves[0], &announced[0].enc).unwrap()
+    )
+    .contains("shared"));
+}
+
+/// Each malformed announcement is refused, when sealing and when opening.
+#[test]
+fn malformed_next_encs_are_refused() {
+    let client = SecretKey::generate();
+    let enclave = SecretKey::generate();
+    let one = NextEnc {
+        recipient: enclave.enclave_id(),
+        enc: [9; 32],
+    };
+    let body = |next: Vec<NextEnc>| {
+        RequestBody::new(1, b"x".to_vec(), client.public()).with_next_encs(next)
+    };
+    let refused = |b: RequestBody| seal_request(&b, &[enclave.public()]).unwrap_err();
+    assert!(
+        matches!(refused(body(vec![one.clone(); 2])), EnvelopeError::MalformedBody(m) if m.contains("two next encs"))
+    );
+    let many: Vec<NextEnc> = (0..17)
+        .map(|_| NextEnc {
+            recipient: SecretKey::generate().enclave_id(),
+            enc: [1; 32],
+        })
+        .collect();
+    assert!(matches!(
+        refused(body(many)),
+        EnvelopeError::MalformedBody(_)
+    ));
+    let client_id = NextEnc {
+        recipient: client.client_id(),
+        enc: [1; 32],
+    };
+    assert!(
+        matches!(refused(body(vec![client_id])), EnvelopeError::MalformedBody(m) if m.contains("ek_"))
+    );
+
+    // Decoding: the encoded body with its announcement cut, padded, or
+    // with a count beyond the limit.
+    let good = body(vec![one]).encode().unwrap();
+    assert_eq!(RequestBody::decode(&good).unwrap().next_encs.len(), 1);
+    for cut in [1, 32, 62] {
+        assert!(matches!(
+            RequestBody::decode(&good[..good.len() - cut]),
+            Err(EnvelopeError::MalformedBody(_))
+        ));
+    }
+    let mut padded = good.to_vec();
+    padded.push(0);
+    assert!(matches!(
+        RequestBody::decode(&padded),
+        Err(EnvelopeError::MalformedBody(m)) if m.contains("trailing")
+    ));
+    let mut counted = good.to_vec();
+    let at = counted.len() - 63;
+    counted[at] = 17;
+    assert!(matches!(
+        RequestBody::decode(&counted),
+        Err(EnvelopeError::MalformedBody(_))
+    ));
+    let mut no_count = good.to_vec();
+    no_count.truncate(at);
+    assert!(matches!(
+        RequestBody::decode(&no_count),
+        Err(EnvelopeError::MalformedBody(_))
+    ));
 }
