@@ -13,7 +13,11 @@
 //! thread lives, and with more of them than CPUs it stops spinning at its
 //! barriers (which made chat 2.2x slower on long-lived threads). A ticker
 //! thread applies the key rotation schedule and announces changes with an
-//! unsolicited `KeysChanged`. Writers share one lock, so frames never
+//! unsolicited `KeysChanged`. A preparer thread at `SCHED_IDLE` decapsulates
+//! the `enc`s requests announce ([`Enclave::prepare`]): it runs only on a
+//! CPU nothing else wants, so that X25519 neither delays the way back of
+//! the job that announced it (the island, the coordinator and the client
+//! are busy with its response just then) nor the next job. Writers share one lock, so frames never
 //! interleave mid-frame. A refused frame is fatal: the island is expected
 //! to restart the enclave.
 
@@ -28,7 +32,7 @@ use archipelago_proto::channel::{
     JobRequest, ToEnclave,
 };
 
-use crate::enclave::{unix_now, Enclave};
+use crate::enclave::{unix_now, Announced, Enclave};
 
 /// How the loop runs.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +125,9 @@ struct Shared<R, W: Write> {
     spare: Mutex<Spare<R>>,
     /// Channel threads started so far.
     started: Arc<AtomicUsize>,
+    /// To the preparer thread; `None` if it could not be started (jobs
+    /// then prepare on their own thread).
+    preparer: Option<Mutex<mpsc::Sender<Announced>>>,
 }
 
 /// The spare, if one is ready; none is taken on once the channel has ended
@@ -233,10 +240,30 @@ where
     if let Err(e) = &ticker {
         tracing::error!(error = %e, "cannot start the rotation thread; keys will rotate only on request");
     }
+    let preparer = {
+        let (tx, rx) = mpsc::channel::<Announced>();
+        let enclave = enclave.clone();
+        let started = std::thread::Builder::new()
+            .name("prepare".into())
+            .spawn(move || {
+                background_priority();
+                while let Ok(a) = rx.recv() {
+                    enclave.prepare(a);
+                }
+            });
+        match started {
+            Ok(_) => Some(Mutex::new(tx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the preparer thread; jobs prepare announced encs themselves");
+                None
+            }
+        }
+    };
     let shared = Arc::new(Shared {
         enclave,
         out,
         opts,
+        preparer,
         slots: Mutex::default(),
         idle: Condvar::new(),
         spare: Mutex::new(Spare {
@@ -477,8 +504,8 @@ where
 }
 
 /// Runs a job whose slot [`lead`] took, writing its frames (a job that
-/// does not stream sends them together when it ends), then decapsulates
-/// the `enc`s its request announced ([`Enclave::prepare`]), and frees the
+/// does not stream sends them together when it ends), then hands the
+/// `enc`s its request announced to the preparer thread, and frees the
 /// slot; `before_end` runs just before the frame that ends the job is
 /// written.
 fn run<R, W: Write>(shared: &Shared<R, W>, req: u64, job: JobRequest, before_end: impl FnOnce()) {
@@ -511,9 +538,41 @@ fn run<R, W: Write>(shared: &Shared<R, W>, req: u64, job: JobRequest, before_end
     if !held.is_empty() {
         out.send_all(req, held);
     }
-    // The job is over for the island; the next request's X25519 runs now,
-    // off its path.
-    shared.enclave.prepare(announced);
+    // The job is over for the island; the next request's X25519 runs when
+    // a CPU is idle, off every job's path.
+    if announced.is_empty() {
+        return;
+    }
+    let queued = match &shared.preparer {
+        Some(tx) => tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(announced)
+            .map_err(|mpsc::SendError(a)| a),
+        None => Err(announced),
+    };
+    if let Err(a) = queued {
+        shared.enclave.prepare(a);
+    }
+}
+
+/// Puts the calling thread at `SCHED_IDLE`: it runs only on a CPU nothing
+/// else wants. Best effort: a refusal leaves the thread as it was.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadPriority, ThreadSchedulePolicy,
+        };
+        if let Err(e) = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        ) {
+            tracing::debug!(error = ?e, "the preparer thread keeps its priority");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -533,6 +592,7 @@ mod tests {
         served: std::thread::JoinHandle<Result<(), ServeError>>,
         key: PublicKey,
         started: Arc<AtomicUsize>,
+        enclave: Arc<Enclave>,
     }
 
     fn start(max_jobs: usize) -> Harness {
@@ -555,6 +615,7 @@ mod tests {
         };
         let started = Arc::new(AtomicUsize::new(0));
         let counter = started.clone();
+        let kept = enclave.clone();
         let served = std::thread::spawn(move || serve_counted(enclave, in_r, out_w, opts, counter));
         let (tx, from) = mpsc::channel();
         std::thread::spawn(move || {
@@ -570,6 +631,7 @@ mod tests {
             served,
             key,
             started,
+            enclave: kept,
         }
     }
 
@@ -673,6 +735,59 @@ mod tests {
             assert_eq!(f.req, 100 + i);
             assert!(matches!(f.msg, FromEnclave::Evidence { .. }), "{:?}", f.msg);
         }
+        drop(h.to.take());
+        h.served.join().unwrap().unwrap();
+    }
+
+    /// The enc a request announces is decapsulated by the preparer thread
+    /// once the job's frames are out, and the request that carries it
+    /// takes it.
+    #[test]
+    fn announced_encs_are_prepared_off_the_job_thread() {
+        use archipelago_proto::envelope::{seal_request_prepared, NextEnc, PreparedWrap};
+        let mut h = start(2);
+        let client = SecretKey::generate();
+        h.hello();
+        let next = PreparedWrap::new(&h.key).unwrap();
+        let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public())
+            .with_next_encs(vec![NextEnc {
+                recipient: archipelago_proto::KeyId::enclave(&h.key.0),
+                enc: *next.enc(),
+            }]);
+        let job = |id: &str, env: Vec<u8>| JobRequest {
+            job_id: id.into(),
+            workload_id: 5,
+            client_key_id: client.client_id(),
+            envelope: Blob(env),
+            stream: false,
+        };
+        h.send(
+            2,
+            ToEnclave::RunJob(job("a1", seal_request(&body, &[h.key]).unwrap())),
+        );
+        let frames = h.job_frames(2);
+        assert_eq!(
+            opened(&h, &frames, &client, &body.request_id),
+            r#"{"text":"ABC","chars":3}"#
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while h.enclave.decap_count() < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(h.enclave.decap_count(), 1, "prepared after the job");
+        let second = RequestBody::new(5, br#"{"prompt":"next"}"#.to_vec(), client.public());
+        let env = seal_request_prepared(&second, vec![next]).unwrap();
+        h.send(3, ToEnclave::RunJob(job("a2", env)));
+        let frames = h.job_frames(3);
+        assert_eq!(
+            opened(&h, &frames, &client, &second.request_id),
+            r#"{"text":"NEXT","chars":4}"#
+        );
+        assert_eq!(
+            h.enclave.decap_count(),
+            0,
+            "used by the request that carried it"
+        );
         drop(h.to.take());
         h.served.join().unwrap().unwrap();
     }
