@@ -16,27 +16,22 @@
 //! per key per request, and only a client whose request opened can
 //! announce), and they are dropped, zeroized, with their enclave key.
 
-use std::collections::HashMap;
-
 use archipelago_proto::envelope::PreparedDecap;
 use archipelago_proto::PublicKey;
+
+use crate::bounded::Bounded;
 
 /// How many announced decapsulations are kept.
 pub const DEFAULT_DECAP_CAPACITY: usize = 256;
 
 /// The prepared decapsulations, by enclave key and `enc`.
-pub struct Decaps {
-    entries: HashMap<(PublicKey, [u8; 32]), (u64, PreparedDecap)>,
-    capacity: usize,
-    /// Insertion counter: the smallest is evicted first.
-    clock: u64,
-}
+pub struct Decaps(Bounded<(PublicKey, [u8; 32]), PreparedDecap>);
 
 impl std::fmt::Debug for Decaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decaps")
-            .field("entries", &self.entries.len())
-            .field("capacity", &self.capacity)
+            .field("entries", &self.0.len())
+            .field("capacity", &self.0.capacity())
             .finish()
     }
 }
@@ -44,58 +39,38 @@ impl std::fmt::Debug for Decaps {
 impl Decaps {
     /// An empty store for at most `capacity` entries (0 keeps none).
     pub fn new(capacity: usize) -> Decaps {
-        Decaps {
-            entries: HashMap::new(),
-            capacity,
-            clock: 0,
-        }
+        Decaps(Bounded::new(capacity))
     }
 
     /// Whether one is kept (or nothing can be): then there is nothing to
     /// prepare.
     pub fn has(&self, enclave: &PublicKey, enc: &[u8; 32]) -> bool {
-        self.capacity == 0 || self.entries.contains_key(&(*enclave, *enc))
+        self.0.capacity() == 0 || self.0.contains(&(*enclave, *enc))
     }
 
     /// Takes the decapsulation of `enc` with `enclave`'s key, if kept.
     pub fn take(&mut self, enclave: &PublicKey, enc: &[u8; 32]) -> Option<PreparedDecap> {
-        self.entries.remove(&(*enclave, *enc)).map(|(_, d)| d)
+        self.0.take(&(*enclave, *enc))
     }
 
     /// Keeps `decap`, evicting the oldest entry when full.
     pub fn put(&mut self, decap: PreparedDecap) {
-        if self.capacity == 0 {
-            return;
-        }
-        let at = (*decap.recipient(), *decap.enc());
-        if !self.entries.contains_key(&at) && self.entries.len() >= self.capacity {
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (n, _))| *n)
-                .map(|(k, _)| *k)
-            {
-                self.entries.remove(&oldest);
-            }
-        }
-        self.clock = self.clock.wrapping_add(1);
-        self.entries.insert(at, (self.clock, decap));
+        self.0.put((*decap.recipient(), *decap.enc()), decap);
     }
 
     /// Drops every entry whose enclave key is not in `held`.
     pub fn retain_enclave_keys(&mut self, held: &[PublicKey]) {
-        self.entries
-            .retain(|(enclave, _), _| held.contains(enclave));
+        self.0.retain(|(enclave, _)| held.contains(enclave));
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.0.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.0.len() == 0
     }
 }
 

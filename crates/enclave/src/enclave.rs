@@ -572,6 +572,30 @@ pub(crate) mod tests {
         )
     }
 
+    /// A sim enclave created at t = 1000 with `config`.
+    fn sim_with(config: Config) -> Enclave {
+        Enclave::new(
+            Box::new(SimEvidenceSource::new(
+                SimRoot::from_seed(&[1; 32]),
+                [2; 48],
+            )),
+            hex::encode([2u8; 48]),
+            Workloads::new(None),
+            config,
+            1000,
+        )
+    }
+
+    /// Keys rotated every 10 s with 5 s of grace (with [`sim_with`], the
+    /// first rotation is at 1010 and the first key goes at 1015).
+    fn rotating() -> Config {
+        Config {
+            rotate_secs: 10,
+            grace_secs: 5,
+            ..Config::default()
+        }
+    }
+
     fn job(client: &SecretKey, envelope: Vec<u8>) -> JobRequest {
         JobRequest {
             job_id: "j1".into(),
@@ -652,20 +676,7 @@ pub(crate) mod tests {
     /// refused as a bad envelope; the shares go when their key is dropped.
     #[test]
     fn shares_are_kept_per_client_and_dropped_with_the_key() {
-        let e = Enclave::new(
-            Box::new(SimEvidenceSource::new(
-                SimRoot::from_seed(&[1; 32]),
-                [2; 48],
-            )),
-            hex::encode([2u8; 48]),
-            Workloads::new(None),
-            Config {
-                rotate_secs: 10,
-                grace_secs: 5,
-                ..Config::default()
-            },
-            1000,
-        );
+        let e = sim_with(rotating());
         let client = SecretKey::generate();
         let ek = archipelago_proto::PublicKey(e.key_infos()[0].public_key);
         let mut nonces = Vec::new();
@@ -780,21 +791,10 @@ pub(crate) mod tests {
         assert_eq!(e.decap_count(), 0, "taken by the request that carried it");
 
         // Off: nothing is kept.
-        let off = Enclave::new(
-            Box::new(SimEvidenceSource::new(
-                SimRoot::from_seed(&[1; 32]),
-                [2; 48],
-            )),
-            hex::encode([2u8; 48]),
-            Workloads::new(None),
-            Config {
-                decap_capacity: 0,
-                rotate_secs: 10,
-                grace_secs: 5,
-                ..Config::default()
-            },
-            1000,
-        );
+        let off = sim_with(Config {
+            decap_capacity: 0,
+            ..rotating()
+        });
         let ek = archipelago_proto::PublicKey(off.key_infos()[0].public_key);
         let next = PreparedWrap::new(&ek).unwrap();
         let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public())
@@ -805,20 +805,7 @@ pub(crate) mod tests {
         assert_eq!(off.decap_count(), 0);
 
         // Kept ones go when their key is dropped.
-        let e = Enclave::new(
-            Box::new(SimEvidenceSource::new(
-                SimRoot::from_seed(&[1; 32]),
-                [2; 48],
-            )),
-            hex::encode([2u8; 48]),
-            Workloads::new(None),
-            Config {
-                rotate_secs: 10,
-                grace_secs: 5,
-                ..Config::default()
-            },
-            1000,
-        );
+        let e = sim_with(rotating());
         let ek = archipelago_proto::PublicKey(e.key_infos()[0].public_key);
         let next = PreparedWrap::new(&ek).unwrap();
         let body = RequestBody::new(5, br#"{"prompt":"abc"}"#.to_vec(), client.public())

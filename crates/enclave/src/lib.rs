@@ -11,12 +11,14 @@
 //! - [`workload`]: `echo` and the real models of `archipelago_inference`.
 //! - [`shares`]: each client's response Diffie-Hellman, kept per enclave key.
 //! - [`decaps`]: decapsulations made between jobs for announced `enc`s.
+//!   Both keep their secrets in a bounded map (`bounded`).
 //! - [`enclave`]: the logic — evidence, job handling — with no I/O.
 //! - [`serve`]: the channel loop and its threads.
 //! - [`measure`]: the sim enclave's measurement (binary + model files).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(unsafe_code)]
 
+mod bounded;
 pub mod decaps;
 pub mod enclave;
 pub mod freshness;

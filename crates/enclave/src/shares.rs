@@ -12,28 +12,24 @@
 //! Entries are bounded in number (the oldest goes first) and dropped, their
 //! secrets zeroized, when their enclave key leaves the ring.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use archipelago_proto::envelope::ResponseStaticShare;
 use archipelago_proto::PublicKey;
 
+use crate::bounded::Bounded;
+
 /// How many (enclave key, client key) pairs keep their share.
 pub const DEFAULT_SHARE_CAPACITY: usize = 256;
 
 /// The kept shares, one per key pair.
-pub struct Shares {
-    entries: HashMap<(PublicKey, PublicKey), (u64, Arc<ResponseStaticShare>)>,
-    capacity: usize,
-    /// Insertion counter: the smallest is evicted first.
-    clock: u64,
-}
+pub struct Shares(Bounded<(PublicKey, PublicKey), Arc<ResponseStaticShare>>);
 
 impl std::fmt::Debug for Shares {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shares")
-            .field("entries", &self.entries.len())
-            .field("capacity", &self.capacity)
+            .field("entries", &self.0.len())
+            .field("capacity", &self.0.capacity())
             .finish()
     }
 }
@@ -41,55 +37,33 @@ impl std::fmt::Debug for Shares {
 impl Shares {
     /// An empty store for at most `capacity` pairs (0 keeps none).
     pub fn new(capacity: usize) -> Shares {
-        Shares {
-            entries: HashMap::new(),
-            capacity,
-            clock: 0,
-        }
+        Shares(Bounded::new(capacity))
     }
 
     /// The share of `enclave` and `client`, if kept.
     pub fn get(&self, enclave: &PublicKey, client: &PublicKey) -> Option<Arc<ResponseStaticShare>> {
-        self.entries
-            .get(&(*enclave, *client))
-            .map(|(_, s)| s.clone())
+        self.0.get(&(*enclave, *client)).cloned()
     }
 
     /// Keeps `share`, replacing one for the same pair and evicting the
     /// oldest entry when full.
     pub fn put(&mut self, share: Arc<ResponseStaticShare>) {
-        if self.capacity == 0 {
-            return;
-        }
-        let pair = (*share.enclave(), *share.client());
-        if !self.entries.contains_key(&pair) && self.entries.len() >= self.capacity {
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| *k)
-            {
-                self.entries.remove(&oldest);
-            }
-        }
-        self.clock = self.clock.wrapping_add(1);
-        self.entries.insert(pair, (self.clock, share));
+        self.0.put((*share.enclave(), *share.client()), share);
     }
 
     /// Drops every entry whose enclave key is not in `held`.
     pub fn retain_enclave_keys(&mut self, held: &[PublicKey]) {
-        self.entries
-            .retain(|(enclave, _), _| held.contains(enclave));
+        self.0.retain(|(enclave, _)| held.contains(enclave));
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.0.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.0.len() == 0
     }
 }
 
