@@ -17,9 +17,9 @@
 //! the `enc`s requests announce ([`Enclave::prepare`]): it runs only on a
 //! CPU nothing else wants, so that X25519 neither delays the way back of
 //! the job that announced it (the island, the coordinator and the client
-//! are busy with its response just then) nor the next job. Writers share one lock, so frames never
-//! interleave mid-frame. A refused frame is fatal: the island is expected
-//! to restart the enclave.
+//! are busy with its response just then) nor the next job. Writers share
+//! one lock, so frames never interleave mid-frame. A refused frame is
+//! fatal: the island is expected to restart the enclave.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -127,7 +127,7 @@ struct Shared<R, W: Write> {
     started: Arc<AtomicUsize>,
     /// To the preparer thread; `None` if it could not be started (jobs
     /// then prepare on their own thread).
-    preparer: Option<Mutex<mpsc::Sender<Announced>>>,
+    preparer: Option<mpsc::Sender<Announced>>,
 }
 
 /// The spare, if one is ready; none is taken on once the channel has ended
@@ -252,7 +252,7 @@ where
                 }
             });
         match started {
-            Ok(_) => Some(Mutex::new(tx)),
+            Ok(_) => Some(tx),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the preparer thread; jobs prepare announced encs themselves");
                 None
@@ -544,11 +544,7 @@ fn run<R, W: Write>(shared: &Shared<R, W>, req: u64, job: JobRequest, before_end
         return;
     }
     let queued = match &shared.preparer {
-        Some(tx) => tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(announced)
-            .map_err(|mpsc::SendError(a)| a),
+        Some(tx) => tx.send(announced).map_err(|mpsc::SendError(a)| a),
         None => Err(announced),
     };
     if let Err(a) = queued {

@@ -491,7 +491,8 @@ pub struct OpenedRequest {
 pub struct PreparedDecap {
     recipient: PublicKey,
     enc: [u8; ENC_LEN],
-    shared: Zeroizing<[u8; 32]>,
+    /// `hpke`'s type, zeroized on drop.
+    shared: hpke::kem::SharedSecret<Kem>,
 }
 
 impl PreparedDecap {
@@ -505,12 +506,10 @@ impl PreparedDecap {
         kem_context[ENC_LEN..].copy_from_slice(&key.public().0);
         let shared =
             dhkem_shared_secret(&dh, &kem_context).map_err(|_| EnvelopeError::HeaderAuthFailed)?;
-        let mut out = Zeroizing::new([0u8; 32]);
-        out.copy_from_slice(shared.0.as_slice());
         Ok(PreparedDecap {
             recipient: key.public(),
             enc: *enc,
-            shared: out,
+            shared,
         })
     }
 
@@ -543,23 +542,22 @@ impl fmt::Debug for PreparedDecap {
 /// `HeaderAuthFailed`: the wrap or the header it covers was altered.
 pub(crate) fn open_wrap(
     key: &SecretKey,
-    enc: &[u8],
+    enc: &[u8; ENC_LEN],
     wrapped: &[u8],
     aad: &[u8],
     prepared: Option<PreparedDecap>,
 ) -> Result<Vec<u8>, EnvelopeError> {
-    let enc: &[u8; ENC_LEN] = enc
-        .try_into()
-        .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
     let decap = match prepared {
         Some(p) if p.enc == *enc && p.recipient == key.public() => p,
         _ => PreparedDecap::new(key, enc)?,
     };
-    let mut shared = hpke::kem::SharedSecret::<Kem>::default();
-    shared.0.copy_from_slice(decap.shared.as_slice());
     let mut ctx: AeadCtxR<Aead, Kdf, Kem> =
-        <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(&OpModeR::Base, shared, INFO_WRAP)
-            .into();
+        <Kdf as hpke::kdf::Kdf>::combine_secrets::<Aead, Kem, _>(
+            &OpModeR::Base,
+            decap.shared,
+            INFO_WRAP,
+        )
+        .into();
     ctx.open(wrapped, aad)
         .map_err(|_| EnvelopeError::HeaderAuthFailed)
 }
@@ -607,8 +605,11 @@ pub fn open_request_with(
         .position(|id| *id == own)
         .ok_or_else(|| EnvelopeError::NotARecipient(own.to_string()))?;
     let (enc, wrapped) = p.wraps[idx];
-    let ready = <&[u8; ENC_LEN]>::try_from(enc).ok().and_then(prepared);
-    let content_key = Zeroizing::new(open_wrap(key, enc, wrapped, p.core, ready)?);
+    // `parse` took ENC_LEN bytes for it.
+    let enc: &[u8; ENC_LEN] = enc
+        .try_into()
+        .map_err(|_| EnvelopeError::HeaderAuthFailed)?;
+    let content_key = Zeroizing::new(open_wrap(key, enc, wrapped, p.core, prepared(enc))?);
     let content_key: &[u8; 32] = content_key
         .as_slice()
         .try_into()

@@ -671,6 +671,7 @@ fn wrap_open_agrees_with_hpke() {
         for (r, key) in f.enclaves.iter().enumerate() {
             let at = wraps + 80 * r;
             let (enc, wrapped) = (&f.sealed[at..at + 32], &f.sealed[at + 32..at + 80]);
+            let enc32: [u8; 32] = enc.try_into().unwrap();
             let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(key.to_bytes().as_ref()).unwrap();
             let enc_k = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).unwrap();
             let theirs = hpke::single_shot_open::<Aead, Kdf, Kem>(
@@ -682,32 +683,31 @@ fn wrap_open_agrees_with_hpke() {
                 core,
             )
             .unwrap();
-            let ours = super::request::open_wrap(key, enc, wrapped, core, None).unwrap();
+            let ours = super::request::open_wrap(key, &enc32, wrapped, core, None).unwrap();
             assert_eq!(ours, theirs, "wrap {r} of envelope {i}");
             // Decapsulated ahead (an announced enc): the same key.
-            let enc32: [u8; 32] = enc.try_into().unwrap();
             let ahead = PreparedDecap::new(key, &enc32).unwrap();
             assert_eq!(
-                super::request::open_wrap(key, enc, wrapped, core, Some(ahead)).unwrap(),
+                super::request::open_wrap(key, &enc32, wrapped, core, Some(ahead)).unwrap(),
                 theirs
             );
             // One made for another enc or another key is not used.
             let stray = PreparedDecap::new(key, &SecretKey::generate().public().0).unwrap();
             assert_eq!(
-                super::request::open_wrap(key, enc, wrapped, core, Some(stray)).unwrap(),
+                super::request::open_wrap(key, &enc32, wrapped, core, Some(stray)).unwrap(),
                 theirs
             );
             let other = SecretKey::generate();
             let foreign = PreparedDecap::new(&other, &enc32).unwrap();
             assert_eq!(
-                super::request::open_wrap(key, enc, wrapped, core, Some(foreign)).unwrap(),
+                super::request::open_wrap(key, &enc32, wrapped, core, Some(foreign)).unwrap(),
                 theirs
             );
             assert_eq!(
-                super::request::open_wrap(&other, enc, wrapped, core, None),
+                super::request::open_wrap(&other, &enc32, wrapped, core, None),
                 Err(EnvelopeError::HeaderAuthFailed)
             );
-            let mut bad = enc.to_vec();
+            let mut bad = enc32;
             bad[i as usize % 32] ^= 1 << (i % 8);
             assert_eq!(
                 super::request::open_wrap(key, &bad, wrapped, core, None),
