@@ -838,4 +838,19 @@ fn malformed_next_encs_are_refused() {
         RequestBody::decode(&no_count),
         Err(EnvelopeError::MalformedBody(_))
     ));
+    // A client (ck_) id where an enclave id belongs.
+    let mut client_named = good.to_vec();
+    client_named[at + 2..at + 4].copy_from_slice(b"ck");
+    assert!(matches!(
+        RequestBody::decode(&client_named),
+        Err(EnvelopeError::MalformedBody(m)) if m.contains("ek_")
+    ));
+    // The same key announced twice.
+    let mut twice = good.to_vec();
+    twice[at] = 2;
+    twice.extend_from_slice(&good[at + 1..]);
+    assert!(matches!(
+        RequestBody::decode(&twice),
+        Err(EnvelopeError::MalformedBody(m)) if m.contains("two next encs")
+    ));
 }
